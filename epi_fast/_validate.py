@@ -1,0 +1,227 @@
+"""Argument checks shared by the compiled operators' wrappers and the reference.
+
+Both implementations must reject the same inputs with the same messages, so the checks live
+here once. Every check runs before any kernel and names the offending argument.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Sequence
+
+import torch
+
+SCORE_CRITERIA = ("l1", "l2", "abs")
+TAYLOR_MODES = ("square", "abs")
+REDUCTIONS = ("sum", "mean", "max")
+FLOATING = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def tensor_list(tensors, name: str) -> list[torch.Tensor]:
+    """A non-empty list of floating tensors with a dim 0, sharing one device and one dtype."""
+    if isinstance(tensors, torch.Tensor):
+        raise TypeError(f"{name} must be a list or tuple of tensors, not a single tensor")
+    if not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"{name} must be a list or tuple of tensors, got {type(tensors).__name__}")
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError(f"{name} is empty: pass at least one tensor")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}[{i}] is a {type(t).__name__}, not a tensor")
+        if t.dim() == 0:
+            raise ValueError(f"{name}[{i}] is 0-dimensional: channels are read along dim 0")
+        if t.dtype not in FLOATING:
+            raise TypeError(f"{name}[{i}] has dtype {t.dtype}; supported: float32, float16, bfloat16")
+        if t.is_sparse:
+            raise TypeError(f"{name}[{i}] is sparse; pass dense tensors")
+    device, dtype = tensors[0].device, tensors[0].dtype
+    for i, t in enumerate(tensors):
+        if t.device != device:
+            raise ValueError(f"{name} mixes devices: {name}[0] is on {device}, {name}[{i}] on {t.device}")
+        if t.dtype != dtype:
+            raise TypeError(f"{name} mixes dtypes: {name}[0] is {dtype}, {name}[{i}] is {t.dtype}")
+    return tensors
+
+
+def criterion(value: str, allowed: Sequence[str], name: str = "criterion") -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, allowed))}")
+    return value
+
+
+def abs_rows(tensors: list[torch.Tensor], name: str) -> None:
+    for i, t in enumerate(tensors):
+        cols = t[0].numel() if t.shape[0] else 1
+        if t.shape[0] and cols != 1:
+            raise ValueError(
+                f'criterion "abs" scores one value per channel, but {name}[{i}] has {cols} values '
+                f'per channel (shape {tuple(t.shape)}); use "l1" or "l2" for filters'
+            )
+
+
+def ratios(values) -> list[float]:
+    """Ratios as Python floats (float64), from a float, a sequence or a 1-D tensor.
+
+    A float32 tensor's ratio is the value it holds (0.3 stored in float32 is 0.30000001192...),
+    which is what the k rounding must see.
+    """
+    if isinstance(values, torch.Tensor):
+        if values.dim() > 1:
+            raise ValueError(f"ratios must be a float, a sequence or a 1-D tensor; got a {values.dim()}-D tensor")
+        if not (values.is_floating_point() or values.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"ratios tensor has dtype {values.dtype}; expected a floating dtype")
+        out = [float(v) for v in values.detach().reshape(-1).double().cpu().tolist()]
+    elif isinstance(values, bool):
+        raise TypeError("ratios must be numbers, not bool")
+    elif isinstance(values, numbers.Real):
+        out = [float(values)]
+    elif isinstance(values, (list, tuple)):
+        out = []
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise TypeError(f"ratios[{i}] is {v!r}; expected a number")
+            out.append(float(v))
+    else:
+        raise TypeError(f"ratios must be a float, a sequence of floats or a 1-D tensor, got {type(values).__name__}")
+    if not out:
+        raise ValueError("ratios is empty: pass at least one ratio")
+    for i, p in enumerate(out):
+        if not (0.0 <= p < 1.0):  # also rejects NaN
+            raise ValueError(f"ratio {p!r} (ratios[{i}]) is outside [0, 1)")
+    return out
+
+
+def removal_count(ratio: float, n: int) -> int:
+    """k = floor(p * N + 0.5) in float64: the contract's rounding, shared with the kernels."""
+    return int(math.floor(ratio * float(n) + 0.5))
+
+
+def scores_vector(scores, name: str = "scores") -> torch.Tensor:
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(scores).__name__}")
+    if scores.dim() != 1:
+        raise ValueError(f"{name} must be 1-D (one score per channel), got shape {tuple(scores.shape)}")
+    if scores.dtype != torch.float32:
+        raise TypeError(f"{name} must be float32, got {scores.dtype}")
+    return scores
+
+
+def segment_sizes(sizes, total: int, name: str = "segment_sizes") -> list[int]:
+    if isinstance(sizes, torch.Tensor):
+        if sizes.dim() != 1:
+            raise ValueError(f"{name} must be 1-D, got shape {tuple(sizes.shape)}")
+        if sizes.is_floating_point():
+            raise TypeError(f"{name} must hold integers, got {sizes.dtype}")
+        sizes = sizes.detach().cpu().tolist()
+    try:
+        out = [int(s) for s in sizes]
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of integers, got {type(sizes).__name__}") from None
+    if not out:
+        raise ValueError(f"{name} is empty")
+    for i, s in enumerate(out):
+        if s < 0:
+            raise ValueError(f"{name}[{i}] = {s} is negative")
+    if sum(out) != total:
+        raise ValueError(f"{name} add up to {sum(out)}, but there are {total} channels")
+    return out
+
+
+def min_keep(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"min_keep must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def unprotected_count(sizes: list[int] | None, total: int, keep: int) -> int:
+    if sizes is None:
+        return total
+    return total - sum(min(s, keep) for s in sizes)
+
+
+def check_removable(ks: list[int], ratios_: list[float], n: int, free: int, keep: int) -> None:
+    for k, p in zip(ks, ratios_):
+        if k > free:
+            raise ValueError(
+                f"ratio {p} removes {k} of {n} channels, but min_keep={keep} per segment leaves "
+                f"only {free} removable"
+            )
+
+
+def nan_count(scores: torch.Tensor) -> None:
+    bad = int(torch.isnan(scores).sum())
+    if bad:
+        raise ValueError(f"scores contain {bad} NaN value{'s' if bad != 1 else ''}; masks are undefined")
+
+
+def masks_matrix(masks, name: str = "masks") -> torch.Tensor:
+    if not isinstance(masks, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(masks).__name__}")
+    if masks.dtype != torch.bool:
+        raise TypeError(f"{name} must be bool, got {masks.dtype}")
+    if masks.dim() == 1:
+        masks = masks.unsqueeze(0)
+    if masks.dim() != 2:
+        raise ValueError(f"{name} must be [ratios, channels], got shape {tuple(masks.shape)}")
+    return masks
+
+
+def group_index(scores: torch.Tensor, group_ptr, member_idx) -> None:
+    for name, t in (("group_ptr", group_ptr), ("member_idx", member_idx)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != 1:
+            raise TypeError(f"{name} must be a 1-D int64 tensor")
+        if t.device != scores.device:
+            raise ValueError(f"{name} is on {t.device}, scores on {scores.device}")
+    if group_ptr.numel() < 2:
+        raise ValueError("group_ptr needs at least two entries (one group)")
+    ptr = group_ptr.cpu()
+    if int(ptr[0]) != 0 or int(ptr[-1]) != member_idx.numel():
+        raise ValueError(
+            f"group_ptr must start at 0 and end at len(member_idx)={member_idx.numel()}, "
+            f"got {int(ptr[0])}..{int(ptr[-1])}"
+        )
+    if bool((ptr[1:] <= ptr[:-1]).any()):
+        raise ValueError("group_ptr must increase strictly: every group needs at least one member")
+    if member_idx.numel():
+        lo, hi = int(member_idx.min()), int(member_idx.max())
+        if lo < 0 or hi >= scores.numel():
+            raise ValueError(f"member_idx holds {lo}..{hi}, outside the {scores.numel()} scores")
+
+
+def offsets(tensors: list[torch.Tensor], offsets_, num_channels):
+    rows = [t.shape[0] for t in tensors]
+    if offsets_ is None:
+        offs, acc = [], 0
+        for r in rows:
+            offs.append(acc)
+            acc += r
+        natural = acc
+    else:
+        offs = [int(o) for o in offsets_]
+        if len(offs) != len(tensors):
+            raise ValueError(f"offsets has {len(offs)} entries for {len(tensors)} tensors")
+        natural = max((o + r for o, r in zip(offs, rows)), default=0)
+    if num_channels is None:
+        num_channels = natural
+    num_channels = int(num_channels)
+    for i, (o, r) in enumerate(zip(offs, rows)):
+        if o < 0 or o + r > num_channels:
+            raise ValueError(f"tensor {i} maps rows {o}..{o + r - 1} outside the {num_channels} channels")
+    return offs, num_channels
+
+
+def pairs(params, grads) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    params = tensor_list(params, "params")
+    grads = tensor_list(grads, "grads")
+    if len(params) != len(grads):
+        raise ValueError(f"{len(params)} params but {len(grads)} grads")
+    if params[0].dtype != grads[0].dtype:
+        raise TypeError(f"params are {params[0].dtype} but grads are {grads[0].dtype}")
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if p.shape != g.shape:
+            raise ValueError(f"params[{i}] has shape {tuple(p.shape)} but grads[{i}] {tuple(g.shape)}")
+        if p.device != g.device:
+            raise ValueError(f"params[{i}] is on {p.device} but grads[{i}] on {g.device}")
+    return params, grads
