@@ -8,9 +8,16 @@ over layers where it does not.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _validate as V
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    # Explicit width: reshape(0, -1) is ambiguous and raises for a tensor with no rows.
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
 
 def channel_scores(tensors, criterion: str = "l2") -> torch.Tensor:
@@ -20,7 +27,7 @@ def channel_scores(tensors, criterion: str = "l2") -> torch.Tensor:
         V.abs_rows(tensors, "tensors")
     parts = []
     for t in tensors:
-        rows = t.reshape(t.shape[0], -1).float()
+        rows = _rows(t).float()
         if criterion == "l1":
             parts.append(rows.abs().sum(dim=1))
         elif criterion == "l2":
@@ -37,7 +44,7 @@ def _taylor_raw(params, grads, offsets, num_channels):
     raw = torch.zeros(num_channels, dtype=torch.float32, device=params[0].device)
     for p, g, o in zip(params, grads, offs):
         rows = p.shape[0]
-        contrib = (p.detach().float() * g.float()).reshape(rows, -1).sum(dim=1)
+        contrib = _rows(p.detach().float() * g.float()).sum(dim=1)
         raw[o:o + rows] += contrib
     return raw
 
