@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from typing import Sequence
 
 import torch
@@ -116,9 +117,10 @@ def segment_sizes(sizes, total: int, name: str = "segment_sizes") -> list[int]:
             raise TypeError(f"{name} must hold integers, got {sizes.dtype}")
         sizes = sizes.detach().cpu().tolist()
     try:
-        out = [int(s) for s in sizes]
+        # operator.index, not int(): a size of 2.5 must be an error, not silently 2.
+        out = [operator.index(s) for s in sizes]
     except TypeError:
-        raise TypeError(f"{name} must be a sequence of integers, got {type(sizes).__name__}") from None
+        raise TypeError(f"{name} must be a sequence of integers, got {sizes!r}") from None
     if not out:
         raise ValueError(f"{name} is empty")
     for i, s in enumerate(out):
