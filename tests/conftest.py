@@ -129,13 +129,15 @@ def assert_bounded(actual: torch.Tensor, expected: torch.Tensor, bound: torch.Te
     )
 
 
-def taylor_bound(params, grads, offsets=None, num_channels=None, mode="square", inv_scale=1.0) -> torch.Tensor:
+def taylor_bound(params, grads, offsets=None, num_channels=None, mode="square", inv_scale=1.0,
+                 lanes: int = 8) -> torch.Tensor:
     """Per-channel error bound between two float32 Taylor implementations.
 
     raw = sum of w*g over the channel's elements: two float32 summation orders (and an FMA or
     a different place to apply inv_scale) differ by at most E = (n/8 + 32 + t) * 2u * S, with
     S the sum of |w*g| (float64), n the elements of the channel and t the tensors adding into
-    it. The score f(raw) then differs by E (abs) or 2|raw|E + E^2 (square).
+    it. The score f(raw) then differs by E (abs) or 2|raw|E + E^2 (square). ``lanes=1`` gives
+    the bound against the exact (float64) value for a plain sequential float32 sum.
     """
     offs = offsets
     if offs is None:
@@ -157,7 +159,7 @@ def taylor_bound(params, grads, offsets=None, num_channels=None, mode="square", 
         n[o:o + rows] += prod.shape[1]
         t[o:o + rows] += 1
     scale = abs(float(inv_scale))
-    e = (n / 8 + 32 + t) * 2 * U * s * scale
+    e = (n / lanes + 32 + t) * 2 * U * s * scale
     raw = raw.abs() * scale
     return e if mode == "abs" else 2 * raw * e + e * e
 
