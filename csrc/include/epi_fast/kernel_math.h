@@ -1,0 +1,172 @@
+// Per-element and per-row arithmetic shared by the CPU and CUDA kernels.
+//
+// Written once and compiled twice (by the C++ compiler and by nvcc) so that the CPU tests
+// exercise the arithmetic that the GPU runs. No torch headers: the CMake core and the .cu files
+// include this without libtorch.
+#pragma once
+
+#include <math.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#define EPI_HD __host__ __device__ __forceinline__
+#else
+#define EPI_HD inline
+#endif
+
+namespace epi_fast {
+
+// Loads widen to float32; all accumulation is float32 whatever the input dtype. Torch builds
+// CUDA code with the implicit half conversions disabled, hence the explicit overloads.
+template <typename T>
+EPI_HD float to_float(T x) {
+  return static_cast<float>(x);
+}
+#if defined(__CUDACC__)
+EPI_HD float to_float(__half x) { return __half2float(x); }
+EPI_HD float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+#endif
+
+enum class ScoreKind : int { L1 = 0, L2 = 1, Abs = 2 };
+enum class TaylorMode : int { Square = 0, Abs = 1 };
+enum class Reduce : int { Sum = 0, Mean = 1, Max = 2 };
+
+// Contribution of one element to its channel's running sum.
+EPI_HD float score_term(float x, ScoreKind kind) {
+  return kind == ScoreKind::L2 ? x * x : fabsf(x);
+}
+
+// Turns a channel's running sum into its score.
+EPI_HD float score_finish(float acc, ScoreKind kind) {
+  return kind == ScoreKind::L2 ? sqrtf(acc) : acc;
+}
+
+EPI_HD float taylor_finish(float raw, TaylorMode mode) {
+  return mode == TaylorMode::Square ? raw * raw : fabsf(raw);
+}
+
+EPI_HD bool is_finite(float x) {
+  // x - x is 0 for finite x and NaN for inf or NaN; robust under fast-math-free builds.
+  return (x - x) == 0.0f;
+}
+
+EPI_HD uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+#endif
+}
+
+EPI_HD float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float x;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+#endif
+}
+
+// Maps a float to an unsigned key with the same order (ascending), -0.0 folded onto +0.0 so
+// that the two compare equal and the index decides between them.
+EPI_HD uint32_t float_order_key(float x) {
+  uint32_t u = float_bits(x);
+  if (u == 0x80000000u) u = 0u;  // -0.0
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+EPI_HD float order_key_float(uint32_t key) {
+  uint32_t u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+  return bits_float(u);
+}
+
+// One total order over (score, index): ascending score, lower index first among equals.
+// Every channel gets a distinct key, so "the k lowest" is always exactly k channels.
+EPI_HD uint64_t channel_key(float score, uint32_t index) {
+  return (static_cast<uint64_t>(float_order_key(score)) << 32) | index;
+}
+
+EPI_HD float channel_key_score(uint64_t key) {
+  return order_key_float(static_cast<uint32_t>(key >> 32));
+}
+
+// Keys of protected channels: above every real key (a NaN-free score never maps to 0xffffffff).
+constexpr uint64_t kProtectedKey = ~static_cast<uint64_t>(0);
+
+// k = floor(p * N + 0.5) in float64. Kept in separate statements and compiled without FMA
+// contraction (see setup.py) so that it equals Python's float arithmetic bit for bit.
+inline int64_t removal_count(double ratio, int64_t n) {
+  volatile double scaled = ratio * static_cast<double>(n);
+  return static_cast<int64_t>(std::floor(scaled + 0.5));
+}
+
+EPI_HD float reduce_init(Reduce r) {
+  return r == Reduce::Max ? -INFINITY : 0.0f;
+}
+
+EPI_HD float reduce_step(float acc, float x, Reduce r) {
+  if (r != Reduce::Max) return acc + x;
+  // max that propagates NaN (fmaxf would drop it).
+  if (x != x || acc != acc) return NAN;
+  return x > acc ? x : acc;
+}
+
+EPI_HD float reduce_finish(float acc, int64_t count, Reduce r) {
+  return r == Reduce::Mean ? acc / static_cast<float>(count) : acc;
+}
+
+// Sum of score_term over one contiguous row with kLanes independent accumulators: the
+// lanes let the compiler vectorise and shorten the dependency chain; the fixed lane order
+// makes the result independent of threading.
+constexpr int kLanes = 8;
+
+template <typename T>
+EPI_HD float row_score_sum(const T* row, int64_t cols, ScoreKind kind) {
+  float lane[kLanes];
+  for (int l = 0; l < kLanes; ++l) lane[l] = 0.0f;
+  int64_t j = 0;
+  for (; j + kLanes <= cols; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lane[l] += score_term(to_float(row[j + l]), kind);
+  }
+  for (int l = 0; j < cols; ++j, ++l) lane[l] += score_term(to_float(row[j]), kind);
+  float s = 0.0f;
+  for (int l = 0; l < kLanes; ++l) s += lane[l];
+  return s;
+}
+
+template <typename T>
+EPI_HD float row_dot(const T* a, const T* b, int64_t cols) {
+  float lane[kLanes];
+  for (int l = 0; l < kLanes; ++l) lane[l] = 0.0f;
+  int64_t j = 0;
+  for (; j + kLanes <= cols; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l)
+      lane[l] += to_float(a[j + l]) * to_float(b[j + l]);
+  }
+  for (int l = 0; j < cols; ++j, ++l) lane[l] += to_float(a[j]) * to_float(b[j]);
+  float s = 0.0f;
+  for (int l = 0; l < kLanes; ++l) s += lane[l];
+  return s;
+}
+
+// Index of the segment that holds position i, given offsets[0..segments] (offsets[0] = 0).
+// Empty segments share their offset with the next one; the search returns the last segment
+// whose start is <= i, which is the non-empty one that holds i.
+EPI_HD int64_t segment_of(const int64_t* offsets, int64_t segments, int64_t i) {
+  int64_t lo = 0, hi = segments - 1;
+  while (lo < hi) {
+    int64_t mid = (lo + hi + 1) / 2;
+    if (offsets[mid] <= i) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+}  // namespace epi_fast

@@ -1,0 +1,37 @@
+// Operator schemas (one TORCH_LIBRARY for every device) and the Python module that loads them.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <string>
+
+// The torch release this module was compiled against, from setup.py: the loader compares it
+// with the running torch before trusting the binary.
+#ifndef EPI_FAST_TORCH_MAJOR
+#define EPI_FAST_TORCH_MAJOR 0
+#define EPI_FAST_TORCH_MINOR 0
+#define EPI_FAST_TORCH_PATCH 0
+#endif
+
+TORCH_LIBRARY(epi_fast, m) {
+  m.def("channel_scores(Tensor[] tensors, str criterion) -> Tensor");
+  m.def("taylor_scores(Tensor[] params, Tensor[] grads, int[] offsets, int num_channels, str mode) -> Tensor");
+  m.def(
+      "taylor_accumulate_(Tensor(a!) acc, Tensor(b!) skipped, Tensor[] params, Tensor[] grads, "
+      "int[] offsets, Tensor? inv_scale, str mode) -> ()");
+  m.def("group_reduce(Tensor scores, Tensor group_ptr, Tensor member_idx, str reduce) -> Tensor");
+  m.def("global_masks(Tensor scores, float[] ratios, int[] segment_sizes, int min_keep) -> (Tensor, Tensor)");
+  m.def("layer_counts(Tensor masks, int[] segment_sizes) -> Tensor");
+  m.def("mask_overlap(Tensor a, Tensor b, int[] segment_sizes) -> (Tensor, Tensor)");
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.doc() = "epi_fast compiled operators (registered under torch.ops.epi_fast)";
+  module.attr("torch_version") = std::to_string(EPI_FAST_TORCH_MAJOR) + "." +
+                                 std::to_string(EPI_FAST_TORCH_MINOR) + "." +
+                                 std::to_string(EPI_FAST_TORCH_PATCH);
+#ifdef EPI_FAST_WITH_CUDA
+  module.attr("cuda_kernels_built") = true;
+#else
+  module.attr("cuda_kernels_built") = false;
+#endif
+}

@@ -1,0 +1,126 @@
+"""The compiled operators' Python face: argument checks, then torch.ops.epi_fast.
+
+Each function validates in Python (clear errors before any kernel runs) and calls the
+operator registered by the extension for the tensors' device. Fake (meta) kernels let the
+operators trace under torch.compile.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _validate as V
+from ._ext import _C  # noqa: F401  (registers torch.ops.epi_fast)
+
+_ops = torch.ops.epi_fast
+
+
+def channel_scores(tensors, criterion: str = "l2") -> torch.Tensor:
+    tensors = V.tensor_list(tensors, "tensors")
+    V.criterion(criterion, V.SCORE_CRITERIA)
+    if criterion == "abs":
+        V.abs_rows(tensors, "tensors")
+    return _ops.channel_scores(tensors, criterion)
+
+
+def taylor_scores(params, grads, offsets=None, num_channels=None, mode: str = "square") -> torch.Tensor:
+    V.criterion(mode, V.TAYLOR_MODES, "mode")
+    params, grads = V.pairs(params, grads)
+    offs, num_channels = V.offsets(params, offsets, num_channels)
+    return _ops.taylor_scores(params, grads, offs, num_channels, mode)
+
+
+def taylor_accumulate_(acc, skipped, params, grads, offsets=None, mode: str = "square", inv_scale=None) -> None:
+    """Adds one step's Taylor scores into ``acc``; a step with a non-finite channel sum (an
+    AMP overflow step) only increments ``skipped``. No host synchronisation on CUDA."""
+    V.criterion(mode, V.TAYLOR_MODES, "mode")
+    params, grads = V.pairs(params, grads)
+    if not isinstance(acc, torch.Tensor) or acc.dtype != torch.float32 or acc.dim() != 1:
+        raise TypeError("acc must be a 1-D float32 tensor")
+    if not isinstance(skipped, torch.Tensor) or skipped.dtype != torch.int64 or skipped.numel() != 1:
+        raise TypeError("skipped must be a one-element int64 tensor")
+    for name, t in (("acc", acc), ("skipped", skipped)):
+        if t.device != params[0].device:
+            raise ValueError(f"{name} is on {t.device}, the gradients on {params[0].device}")
+    if inv_scale is not None and (not isinstance(inv_scale, torch.Tensor) or inv_scale.numel() != 1):
+        raise TypeError("inv_scale must be a one-element tensor")
+    offs, _ = V.offsets(params, offsets, acc.numel())
+    _ops.taylor_accumulate_(acc, skipped, params, grads, offs, inv_scale, mode)
+
+
+def group_reduce(scores, group_ptr, member_idx, reduce: str = "sum") -> torch.Tensor:
+    V.scores_vector(scores)
+    V.criterion(reduce, V.REDUCTIONS, "reduce")
+    V.group_index(scores, group_ptr, member_idx)
+    return _ops.group_reduce(scores, group_ptr, member_idx, reduce)
+
+
+def group_reduce_trusted(scores, group_ptr, member_idx, reduce: str = "sum") -> torch.Tensor:
+    """group_reduce without re-validating an index built and checked once (the per-epoch path:
+    validating the index costs a device synchronisation on CUDA)."""
+    return _ops.group_reduce(scores, group_ptr, member_idx, reduce)
+
+
+def global_masks(scores, ratios, segment_sizes=None, min_keep: int = 1):
+    V.scores_vector(scores)
+    ratios_ = V.ratios(ratios)
+    keep = V.min_keep(min_keep)
+    sizes = [] if segment_sizes is None else V.segment_sizes(segment_sizes, scores.numel())
+    return _ops.global_masks(scores, ratios_, sizes, keep)
+
+
+def layer_counts(masks, segment_sizes) -> torch.Tensor:
+    masks = V.masks_matrix(masks)
+    sizes = V.segment_sizes(segment_sizes, masks.shape[1])
+    return _ops.layer_counts(masks, sizes)
+
+
+def mask_overlap(a, b, segment_sizes=None):
+    a = V.masks_matrix(a, "a")
+    b = V.masks_matrix(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"a has shape {tuple(a.shape)} but b {tuple(b.shape)}")
+    if a.device != b.device:
+        raise ValueError(f"a is on {a.device} but b on {b.device}")
+    sizes = [] if segment_sizes is None else V.segment_sizes(segment_sizes, a.shape[1])
+    return _ops.mask_overlap(a, b, sizes)
+
+
+# Fake kernels: shapes and dtypes only, so the operators trace under torch.compile.
+
+@torch.library.register_fake("epi_fast::channel_scores")
+def _(tensors, criterion):
+    return tensors[0].new_empty((sum(t.shape[0] for t in tensors),), dtype=torch.float32)
+
+
+@torch.library.register_fake("epi_fast::taylor_scores")
+def _(params, grads, offsets, num_channels, mode):
+    return params[0].new_empty((num_channels,), dtype=torch.float32)
+
+
+@torch.library.register_fake("epi_fast::taylor_accumulate_")
+def _(acc, skipped, params, grads, offsets, inv_scale, mode):
+    return None
+
+
+@torch.library.register_fake("epi_fast::group_reduce")
+def _(scores, group_ptr, member_idx, reduce):
+    return scores.new_empty((group_ptr.shape[0] - 1,))
+
+
+@torch.library.register_fake("epi_fast::global_masks")
+def _(scores, ratios, segment_sizes, min_keep):
+    m, n = len(ratios), scores.shape[0]
+    return scores.new_empty((m, n), dtype=torch.bool), scores.new_empty((m,))
+
+
+@torch.library.register_fake("epi_fast::layer_counts")
+def _(masks, segment_sizes):
+    return masks.new_empty((masks.shape[0], len(segment_sizes)), dtype=torch.int64)
+
+
+@torch.library.register_fake("epi_fast::mask_overlap")
+def _(a, b, segment_sizes):
+    s = len(segment_sizes) if segment_sizes else 1
+    shape = (a.shape[0], s)
+    return a.new_empty(shape, dtype=torch.int64), a.new_empty(shape, dtype=torch.int64)
