@@ -24,10 +24,6 @@ def i64(impl, values):
     return torch.tensor(values, dtype=I64, device=impl.device)
 
 
-def cs(*args, **kw):
-    return lambda impl, ops: ops.channel_scores(*[a(impl) if callable(a) else a for a in args], **kw)
-
-
 def W(impl):
     return ones(impl, 2, 3)
 

@@ -16,11 +16,11 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import epi_fast.reference as R
-from conftest import U, assert_bounded, assert_exact, assert_scores_close, score_rtol, taylor_bound
+from conftest import U, assert_bounded, assert_exact, assert_scores_close, taylor_bound
 
 F32 = torch.float32
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -179,16 +179,55 @@ def test_channel_scores_many_tiny_layers(impl):
     assert_exact(got.cpu(), torch.cat(gammas).abs(), impl.name)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_channel_scores_huge_layer(impl, dtype):
-    # one 4M-element conv weight (1024 rows of 4096), once; plus a tiny layer after it
+@pytest.mark.parametrize(
+    "shape, dtype",
+    [
+        pytest.param((1024, 256, 4, 4), torch.float32, id="wide-rows-fp32"),
+        pytest.param((1024, 256, 4, 4), torch.bfloat16, id="wide-rows-bf16"),
+        pytest.param((70000, 60), torch.float32, id="many-rows-fp32"),
+        pytest.param((1, 1 << 22), torch.float16, id="one-row-fp16"),
+    ],
+)
+def test_channel_scores_huge_layer(impl, shape, dtype):
+    # one ~4M-element weight, once per shape, plus a tiny layer after it
     gen = torch.Generator().manual_seed(3)
-    w = torch.randn(1024, 256, 4, 4, generator=gen).to(dtype)
+    w = torch.randn(shape, generator=gen).to(dtype)
     tiny = torch.randn(2, 3, generator=gen).to(dtype)
     for crit in ("l1", "l2"):
         got = impl.ops.channel_scores([w.to(impl.device), tiny.to(impl.device)], crit)
         expected = R.channel_scores([w, tiny], crit) if impl.compiled else brute_channel_scores([w, tiny], crit)
-        assert_scores_close(got, expected, 4096, f"{impl.name} {crit}")
+        assert_scores_close(got, expected, row_len([w]), f"{impl.name} {crit}")
+
+
+def test_results_do_not_depend_on_thread_count(impl):
+    # CONTRACTS: "Results do not depend on the thread count" -> bitwise identical, not just close.
+    if impl.device.type != "cpu":
+        pytest.skip("thread count applies to the CPU implementations")
+    gen = torch.Generator().manual_seed(4)
+    tensors = [torch.randn(r, 33, generator=gen) for r in torch.randint(1, 9, (500,), generator=gen).tolist()]
+    tensors.append(torch.randn(4096, 1024, generator=gen))
+    grads = [torch.randn(t.shape, generator=gen) for t in tensors]
+    n = sum(t.shape[0] for t in tensors)
+    scores = torch.randint(0, 50, (n,), generator=gen).float()
+    sizes = [t.shape[0] for t in tensors]
+
+    def run():
+        acc, skipped = torch.zeros(n), torch.zeros(1, dtype=torch.int64)
+        impl.ops.taylor_accumulate_(acc, skipped, tensors, grads)
+        return [impl.ops.channel_scores(tensors, "l2"), impl.ops.channel_scores(tensors, "l1"),
+                impl.ops.taylor_scores(tensors, grads), acc,
+                *impl.ops.global_masks(scores, [0.1, 0.5, 0.9], sizes, 1)]
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(max(2, before))
+        many = run()
+    finally:
+        torch.set_num_threads(before)
+    for i, (a, b) in enumerate(zip(one, many)):
+        assert torch.equal(a, b), f"{impl.name}: result {i} differs between 1 and {max(2, before)} threads"
 
 
 # -- Taylor -------------------------------------------------------------------------------------
