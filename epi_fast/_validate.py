@@ -227,3 +227,18 @@ def pairs(params, grads) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         if p.device != g.device:
             raise ValueError(f"params[{i}] is on {p.device} but grads[{i}] on {g.device}")
     return params, grads
+
+
+def accumulate_extras(acc: torch.Tensor, params: list[torch.Tensor], inv_scale) -> None:
+    """taylor_accumulate_'s remaining arguments: params on acc's device, inv_scale a tensor."""
+    if params[0].device != acc.device:
+        raise ValueError(f"params are on {params[0].device}, acc on {acc.device}")
+    if inv_scale is None:
+        return
+    if not isinstance(inv_scale, torch.Tensor) or not inv_scale.is_floating_point() or inv_scale.numel() != 1:
+        raise TypeError(
+            "inv_scale must be None or a one-element float32 tensor "
+            f"(e.g. 1 / scaler.get_scale() as a tensor), got {inv_scale!r}"
+        )
+    if inv_scale.device != acc.device:
+        raise ValueError(f"inv_scale is on {inv_scale.device}, acc on {acc.device}")

@@ -61,6 +61,7 @@ def taylor_scores(params, grads, offsets=None, num_channels=None, mode: str = "s
 def taylor_accumulate_(acc, skipped, params, grads, offsets=None, mode: str = "square", inv_scale=None) -> None:
     V.criterion(mode, V.TAYLOR_MODES, "mode")
     _check_accumulators(acc, skipped)
+    V.accumulate_extras(acc, V.pairs(params, grads)[0], inv_scale)
     raw = _taylor_raw(params, grads, offsets, acc.numel())
     if inv_scale is not None:
         raw = raw * inv_scale.float().reshape(())

@@ -109,6 +109,14 @@ ACCUMULATE = [
      ValueError, r"unknown mode 'sq'"),
     ("count-mismatch", lambda i, o: o.taylor_accumulate_(acc(i), skipped(i), pg(i), pg(i)[:1], [0, 0]),
      ValueError, r"2 params but 1 grads"),
+    ("params-device", lambda i, o: o.taylor_accumulate_(acc(i), skipped(i), [torch.ones(2, device=META)], [torch.ones(2, device=META)]),
+     ValueError, r"params are on meta, acc on"),
+    ("inv-scale-float", lambda i, o: o.taylor_accumulate_(acc(i), skipped(i), pg(i), pg(i), [0, 0], "square", 0.5),
+     TypeError, r"inv_scale must be None or a one-element float32 tensor"),
+    ("inv-scale-two-elements", lambda i, o: o.taylor_accumulate_(acc(i), skipped(i), pg(i), pg(i), [0, 0], "square", ones(i, 2)),
+     TypeError, r"inv_scale must be None or a one-element float32 tensor"),
+    ("inv-scale-device", lambda i, o: o.taylor_accumulate_(acc(i), skipped(i), pg(i), pg(i), [0, 0], "abs", torch.ones(1, device=META)),
+     ValueError, r"inv_scale is on meta, acc on"),
 ]
 
 
