@@ -78,7 +78,8 @@ def _extension():
     include_dirs = [str(ROOT / "csrc" / "include")]
     # -ffp-contract=off: k = floor(p * N + 0.5) must round exactly as Python's float does.
     # The C++ standard is left to torch (C++17 before 2.10, C++20 after).
-    cxx_flags = ["-O3", "-ffp-contract=off"]
+    # -fopenmp: ATen's parallel_for is an inline OpenMP region; without the flag it runs serial.
+    cxx_flags = ["-O3", "-ffp-contract=off", "-fopenmp"]
     sources = ["csrc/ops.cpp", "csrc/cpu/ops_cpu.cpp"]
     kwargs = {}
     if with_cuda:
@@ -108,6 +109,7 @@ def _extension():
     tmp.write_text(json.dumps(info, indent=2) + "\n")
     os.replace(tmp, ROOT / "epi_fast" / "_build_info.json")
 
+    kwargs["extra_link_args"] = ["-fopenmp"]
     return ext(
         name="epi_fast._C",
         sources=sources,

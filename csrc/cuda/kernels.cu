@@ -54,8 +54,8 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 // One warp reduces one row: 16-byte vector loads where the row is aligned, scalar otherwise.
-template <typename T>
-__device__ float warp_row_score(const T* row, int64_t cols, ScoreKind kind, int lane) {
+template <ScoreKind K, typename T>
+__device__ float warp_row_score(const T* row, int64_t cols, int lane) {
   constexpr int kVec = 16 / sizeof(T);
   float acc = 0.0f;
   int64_t tail = 0;
@@ -67,11 +67,11 @@ __device__ float warp_row_score(const T* row, int64_t cols, ScoreKind kind, int 
       uint4 pack = vrow[v];
       const T* e = reinterpret_cast<const T*>(&pack);
 #pragma unroll
-      for (int q = 0; q < kVec; ++q) acc += score_term(to_float(e[q]), kind);
+      for (int q = 0; q < kVec; ++q) acc += score_term<K>(to_float(e[q]));
     }
     tail = vectors * kVec;
   }
-  for (int64_t j = tail + lane; j < cols; j += 32) acc += score_term(to_float(row[j]), kind);
+  for (int64_t j = tail + lane; j < cols; j += 32) acc += score_term<K>(to_float(row[j]));
   return warp_sum(acc);
 }
 
@@ -98,8 +98,8 @@ __device__ float warp_row_dot(const T* a, const T* b, int64_t cols, int lane) {
   return warp_sum(acc);
 }
 
-template <typename T>
-__global__ void channel_scores_kernel(RowTable table, ScoreKind kind, float* out) {
+template <ScoreKind K, typename T>
+__global__ void channel_scores_kernel(RowTable table, float* out) {
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (row >= table.row_start[table.count]) return;
@@ -107,8 +107,8 @@ __global__ void channel_scores_kernel(RowTable table, ScoreKind kind, float* out
   const int64_t r = row - table.row_start[t];
   const int64_t cols = table.cols[t];
   const T* data = static_cast<const T*>(table.data[t]) + r * cols;
-  const float s = warp_row_score(data, cols, kind, lane);
-  if (lane == 0) out[table.out_offset[t] + r] = score_finish(s, kind);
+  const float s = warp_row_score<K>(data, cols, lane);
+  if (lane == 0) out[table.out_offset[t] + r] = score_finish(s, K);
 }
 
 template <typename T>
@@ -338,6 +338,22 @@ void check(cudaError_t err, const char* what) {
                              cudaGetErrorString(err));
 }
 
+template <typename T>
+void launch_scores(const RowTable& table, unsigned blocks, ScoreKind kind, float* out,
+                   cudaStream_t stream) {
+  switch (kind) {
+    case ScoreKind::L1:
+      channel_scores_kernel<ScoreKind::L1, T><<<blocks, kThreads, 0, stream>>>(table, out);
+      break;
+    case ScoreKind::L2:
+      channel_scores_kernel<ScoreKind::L2, T><<<blocks, kThreads, 0, stream>>>(table, out);
+      break;
+    case ScoreKind::Abs:
+      channel_scores_kernel<ScoreKind::Abs, T><<<blocks, kThreads, 0, stream>>>(table, out);
+      break;
+  }
+}
+
 }  // namespace
 
 void check_launch(const char* what) { check(cudaGetLastError(), what); }
@@ -346,15 +362,9 @@ void channel_scores(const RowTensor* tensors, int64_t count, DType dtype, ScoreK
                     float* out, cudaStream_t stream) {
   for_each_chunk(tensors, count, [&](const RowTable& table, unsigned blocks) {
     switch (dtype) {
-      case DType::Float32:
-        channel_scores_kernel<float><<<blocks, kThreads, 0, stream>>>(table, kind, out);
-        break;
-      case DType::Float16:
-        channel_scores_kernel<__half><<<blocks, kThreads, 0, stream>>>(table, kind, out);
-        break;
-      case DType::BFloat16:
-        channel_scores_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(table, kind, out);
-        break;
+      case DType::Float32: launch_scores<float>(table, blocks, kind, out, stream); break;
+      case DType::Float16: launch_scores<__half>(table, blocks, kind, out, stream); break;
+      case DType::BFloat16: launch_scores<__nv_bfloat16>(table, blocks, kind, out, stream); break;
     }
     check_launch("channel_scores");
   });

@@ -36,9 +36,11 @@ enum class ScoreKind : int { L1 = 0, L2 = 1, Abs = 2 };
 enum class TaylorMode : int { Square = 0, Abs = 1 };
 enum class Reduce : int { Sum = 0, Mean = 1, Max = 2 };
 
-// Contribution of one element to its channel's running sum.
-EPI_HD float score_term(float x, ScoreKind kind) {
-  return kind == ScoreKind::L2 ? x * x : fabsf(x);
+// Contribution of one element to its channel's running sum. The kind is a template parameter
+// so that the inner loops carry no branch and vectorise.
+template <ScoreKind K>
+EPI_HD float score_term(float x) {
+  return K == ScoreKind::L2 ? x * x : fabsf(x);
 }
 
 // Turns a channel's running sum into its score.
@@ -126,20 +128,29 @@ EPI_HD float reduce_finish(float acc, int64_t count, Reduce r) {
 // Sum of score_term over one contiguous row with kLanes independent accumulators: the
 // lanes let the compiler vectorise and shorten the dependency chain; the fixed lane order
 // makes the result independent of threading.
-constexpr int kLanes = 8;
+constexpr int kLanes = 16;
 
-template <typename T>
-EPI_HD float row_score_sum(const T* row, int64_t cols, ScoreKind kind) {
+template <ScoreKind K, typename T>
+EPI_HD float row_score_sum(const T* row, int64_t cols) {
   float lane[kLanes];
   for (int l = 0; l < kLanes; ++l) lane[l] = 0.0f;
   int64_t j = 0;
   for (; j + kLanes <= cols; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lane[l] += score_term(to_float(row[j + l]), kind);
+    for (int l = 0; l < kLanes; ++l) lane[l] += score_term<K>(to_float(row[j + l]));
   }
-  for (int l = 0; j < cols; ++j, ++l) lane[l] += score_term(to_float(row[j]), kind);
+  for (int l = 0; j < cols; ++j, ++l) lane[l] += score_term<K>(to_float(row[j]));
   float s = 0.0f;
   for (int l = 0; l < kLanes; ++l) s += lane[l];
   return s;
+}
+
+template <typename T>
+EPI_HD float row_score_sum(const T* row, int64_t cols, ScoreKind kind) {
+  switch (kind) {
+    case ScoreKind::L2: return row_score_sum<ScoreKind::L2>(row, cols);
+    case ScoreKind::L1: return row_score_sum<ScoreKind::L1>(row, cols);
+    default: return row_score_sum<ScoreKind::Abs>(row, cols);
+  }
 }
 
 template <typename T>
