@@ -229,8 +229,15 @@ def pairs(params, grads) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return params, grads
 
 
-def accumulate_extras(acc: torch.Tensor, params: list[torch.Tensor], inv_scale) -> None:
-    """taylor_accumulate_'s remaining arguments: params on acc's device, inv_scale a tensor."""
+def accumulators(acc, skipped, params: list[torch.Tensor], inv_scale) -> None:
+    """taylor_accumulate_'s state and scale: acc float32 [C], skipped one int64, all on the
+    params' device; inv_scale None or a one-element floating tensor there too."""
+    if not isinstance(acc, torch.Tensor) or acc.dtype != torch.float32 or acc.dim() != 1:
+        raise TypeError("acc must be a 1-D float32 tensor")
+    if not isinstance(skipped, torch.Tensor) or skipped.dtype != torch.int64 or skipped.numel() != 1:
+        raise TypeError("skipped must be a one-element int64 tensor")
+    if skipped.device != acc.device:
+        raise ValueError(f"skipped is on {skipped.device}, acc on {acc.device}")
     if params[0].device != acc.device:
         raise ValueError(f"params are on {params[0].device}, acc on {acc.device}")
     if inv_scale is None:

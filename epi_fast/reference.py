@@ -60,8 +60,7 @@ def taylor_scores(params, grads, offsets=None, num_channels=None, mode: str = "s
 
 def taylor_accumulate_(acc, skipped, params, grads, offsets=None, mode: str = "square", inv_scale=None) -> None:
     V.criterion(mode, V.TAYLOR_MODES, "mode")
-    _check_accumulators(acc, skipped)
-    V.accumulate_extras(acc, V.pairs(params, grads)[0], inv_scale)
+    V.accumulators(acc, skipped, V.pairs(params, grads)[0], inv_scale)
     raw = _taylor_raw(params, grads, offsets, acc.numel())
     if inv_scale is not None:
         raw = raw * inv_scale.float().reshape(())
@@ -71,15 +70,6 @@ def taylor_accumulate_(acc, skipped, params, grads, offsets=None, mode: str = "s
         acc += _taylor_finish(raw, mode)
     else:
         skipped += 1
-
-
-def _check_accumulators(acc, skipped) -> None:
-    if not isinstance(acc, torch.Tensor) or acc.dtype != torch.float32 or acc.dim() != 1:
-        raise TypeError("acc must be a 1-D float32 tensor")
-    if not isinstance(skipped, torch.Tensor) or skipped.dtype != torch.int64 or skipped.numel() != 1:
-        raise TypeError("skipped must be a one-element int64 tensor")
-    if skipped.device != acc.device:
-        raise ValueError(f"skipped is on {skipped.device}, acc on {acc.device}")
 
 
 def group_reduce(scores, group_ptr, member_idx, reduce: str = "sum") -> torch.Tensor:
