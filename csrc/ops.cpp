@@ -12,12 +12,14 @@
 #define EPI_FAST_TORCH_PATCH 0
 #endif
 
+// No argument is called "mode": torch's functionalisation of in-place operators passes its own
+// keyword of that name while tracing, which collides under torch.compile.
 TORCH_LIBRARY(epi_fast, m) {
   m.def("channel_scores(Tensor[] tensors, str criterion) -> Tensor");
-  m.def("taylor_scores(Tensor[] params, Tensor[] grads, int[] offsets, int num_channels, str mode) -> Tensor");
+  m.def("taylor_scores(Tensor[] params, Tensor[] grads, int[] offsets, int num_channels, str taylor_mode) -> Tensor");
   m.def(
       "taylor_accumulate_(Tensor(a!) acc, Tensor(b!) skipped, Tensor[] params, Tensor[] grads, "
-      "int[] offsets, Tensor? inv_scale, str mode) -> ()");
+      "int[] offsets, Tensor? inv_scale, str taylor_mode) -> ()");
   m.def("group_reduce(Tensor scores, Tensor group_ptr, Tensor member_idx, str reduce) -> Tensor");
   m.def("global_masks(Tensor scores, float[] ratios, int[] segment_sizes, int min_keep) -> (Tensor, Tensor)");
   m.def("layer_counts(Tensor masks, int[] segment_sizes) -> Tensor");

@@ -35,15 +35,7 @@ def taylor_accumulate_(acc, skipped, params, grads, offsets=None, mode: str = "s
     AMP overflow step) only increments ``skipped``. No host synchronisation on CUDA."""
     V.criterion(mode, V.TAYLOR_MODES, "mode")
     params, grads = V.pairs(params, grads)
-    if not isinstance(acc, torch.Tensor) or acc.dtype != torch.float32 or acc.dim() != 1:
-        raise TypeError("acc must be a 1-D float32 tensor")
-    if not isinstance(skipped, torch.Tensor) or skipped.dtype != torch.int64 or skipped.numel() != 1:
-        raise TypeError("skipped must be a one-element int64 tensor")
-    for name, t in (("acc", acc), ("skipped", skipped)):
-        if t.device != params[0].device:
-            raise ValueError(f"{name} is on {t.device}, the gradients on {params[0].device}")
-    if inv_scale is not None and (not isinstance(inv_scale, torch.Tensor) or inv_scale.numel() != 1):
-        raise TypeError("inv_scale must be a one-element tensor")
+    V.accumulators(acc, skipped, params, inv_scale)
     offs, _ = V.offsets(params, offsets, acc.numel())
     _ops.taylor_accumulate_(acc, skipped, params, grads, offs, inv_scale, mode)
 
@@ -94,12 +86,12 @@ def _(tensors, criterion):
 
 
 @torch.library.register_fake("epi_fast::taylor_scores")
-def _(params, grads, offsets, num_channels, mode):
+def _(params, grads, offsets, num_channels, taylor_mode):
     return params[0].new_empty((num_channels,), dtype=torch.float32)
 
 
 @torch.library.register_fake("epi_fast::taylor_accumulate_")
-def _(acc, skipped, params, grads, offsets, inv_scale, mode):
+def _(acc, skipped, params, grads, offsets, inv_scale, taylor_mode):
     return None
 
 
