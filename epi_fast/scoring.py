@@ -43,6 +43,7 @@ class ScorePlan:
     group_ptr: torch.Tensor
     member_idx: torch.Tensor
     num_bn: int
+    copies: torch.Tensor | None = None
 
     def tensors(self) -> list[torch.Tensor]:
         """The first attribute of every source, detached (what magnitude criteria read)."""
@@ -113,7 +114,20 @@ def _build(layout: GroupLayout, pick) -> ScorePlan:
     order = torch.sort(neurons, stable=True).indices
     group_ptr = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
     num_bn = sum(isinstance(m, BATCHNORM) for m, _ in sources)
-    return ScorePlan(sources, [offset_of[id(m)] for m, _ in sources], total, group_ptr, rows[order], num_bn)
+    copies = None
+    if any(g.channel_groups > 1 for g in layout.groups):
+        # A neuron tied across the groups of a grouped conv holds channel_groups copies of
+        # each member channel; a sum over them would favour it over untied neurons.
+        copies = torch.cat([torch.full((g.size,), float(g.channel_groups)) for g in layout.groups])
+    return ScorePlan(sources, [offset_of[id(m)] for m, _ in sources], total, group_ptr, rows[order], num_bn, copies)
+
+
+def _reduce(plan: ScorePlan, scores: torch.Tensor, reduce: str) -> torch.Tensor:
+    group_ptr, member_idx = plan.index_on(scores.device)
+    out = ops.group_reduce(scores, group_ptr, member_idx, reduce)
+    if reduce == "sum" and plan.copies is not None:
+        out = out / plan.copies.to(out.device)
+    return out
 
 
 def score_plan(layout: GroupLayout, kind: str) -> ScorePlan:
@@ -146,6 +160,8 @@ def magnitude_scores(layout: GroupLayout, criterion: str = "magnitude", reduce: 
     ``"l2"`` (norms of the output-channel rows, dim 0, of the group's conv/linear layers),
     ``"magnitude"`` (``"bn"`` for groups with a BatchNorm, ``"l2"`` for the others).
     reduce: how a neuron's member channels combine: ``"sum"`` (default), ``"mean"``, ``"max"``.
+    A neuron tied across the groups of a grouped convolution sums its copies divided by their
+    number, so that it competes with untied neurons on the same scale.
     """
     _check_choice(criterion, MAGNITUDE_CRITERIA, "criterion")
     _check_choice(reduce, REDUCTIONS, "reduce")
@@ -163,8 +179,7 @@ def magnitude_scores(layout: GroupLayout, criterion: str = "magnitude", reduce: 
         if len(tensors) > plan.num_bn:
             parts.append(ops.channel_scores(tensors[plan.num_bn :], "l2"))
         scores = torch.cat(parts) if len(parts) > 1 else parts[0]
-    group_ptr, member_idx = plan.index_on(scores.device)
-    return ops.group_reduce(scores, group_ptr, member_idx, reduce)
+    return _reduce(plan, scores, reduce)
 
 
 class TaylorAccumulator:
@@ -225,8 +240,7 @@ class TaylorAccumulator:
         """float32 [N]: mean per-step Taylor score of each group neuron (zeros before any step)."""
         _check_choice(reduce, REDUCTIONS, "reduce")
         good = (self.steps - self._skipped).clamp(min=1).to(torch.float32)
-        group_ptr, member_idx = self.plan.index_on(self.acc.device)
-        return ops.group_reduce(self.acc / good, group_ptr, member_idx, reduce)
+        return _reduce(self.plan, self.acc / good, reduce)
 
     def reset(self) -> None:
         self.acc.zero_()

@@ -1,0 +1,194 @@
+"""Small CNNs for 8x8 (digits) up to 32x32 inputs, and one entry point for torchvision's models.
+
+The three in-repo networks cover the three kinds of channel coupling that pruning must respect:
+residual adds (`resnet_small`), depthwise convolutions with inverted residuals
+(`mobilenet_small`) and concatenations (`densenet_small`). They are tiny on purpose: the tests
+and the default job run on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["MODEL_NAMES", "build_model", "resnet_small", "mobilenet_small", "densenet_small", "torchvision_names"]
+
+
+def _conv_bn(cin, cout, kernel=3, stride=1, groups=1):
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    )
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = _conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNetSmall(nn.Module):
+    """Stem conv, three stages of BasicBlocks (widths 16/32/64; the first block of each later
+    stage downsamples through a 1x1 shortcut conv), global average pool, linear head."""
+
+    def __init__(self, num_classes=10, in_channels=3, widths=(16, 32, 64), blocks=(1, 1, 1), stem=16):
+        super().__init__()
+        self.stem = nn.Sequential(_conv_bn(in_channels, stem), nn.ReLU(inplace=True))
+        layers, cin = [], stem
+        for i, (width, n) in enumerate(zip(widths, blocks)):
+            for j in range(n):
+                layers.append(BasicBlock(cin, width, stride=2 if (i > 0 and j == 0) else 1))
+                cin = width
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin, cout, stride, expand):
+        super().__init__()
+        hidden = cin * expand
+        layers = []
+        if expand != 1:
+            layers += [_conv_bn(cin, hidden, 1), nn.ReLU6(inplace=True)]
+        # With expand == 1 this is the depthwise-separable block of MobileNetV1.
+        layers += [_conv_bn(hidden, hidden, 3, stride, groups=hidden), nn.ReLU6(inplace=True), _conv_bn(hidden, cout, 1)]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        out = self.block(x)
+        return x + out if self.residual else out
+
+
+class MobileNetSmall(nn.Module):
+    """MobileNetV2-style: a depthwise-separable block, then inverted residuals."""
+
+    # (expansion, out channels, blocks, first stride)
+    CONFIG = ((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 2, 2))
+
+    def __init__(self, num_classes=10, in_channels=3, stem=16, last=128):
+        super().__init__()
+        layers, cin = [_conv_bn(in_channels, stem), nn.ReLU6(inplace=True)], stem
+        for t, c, n, s in self.CONFIG:
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers += [_conv_bn(cin, last, 1), nn.ReLU6(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(last, num_classes)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, cin, growth, bottleneck=4):
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, bottleneck * growth, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bottleneck * growth)
+        self.conv2 = nn.Conv2d(bottleneck * growth, growth, 3, 1, 1, bias=False)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        out = self.conv1(self.relu(self.norm1(x)))
+        out = self.conv2(self.relu(self.norm2(out)))
+        return torch.cat([x, out], 1)
+
+
+class DenseNetSmall(nn.Module):
+    """Two dense blocks (pre-activation BN-ReLU-conv layers whose outputs are concatenated)
+    joined by a compressing transition."""
+
+    def __init__(self, num_classes=10, in_channels=3, stem=16, growth=8, layers=(3, 3)):
+        super().__init__()
+        blocks, cin = [nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False)], stem
+        for i, n in enumerate(layers):
+            for _ in range(n):
+                blocks.append(DenseLayer(cin, growth))
+                cin += growth
+            if i < len(layers) - 1:
+                blocks += [nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cin // 2, 1, bias=False), nn.AvgPool2d(2)]
+                cin //= 2
+        blocks += [nn.BatchNorm2d(cin), nn.ReLU()]
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def resnet_small(num_classes=10, in_channels=3, **kwargs) -> nn.Module:
+    return ResNetSmall(num_classes, in_channels, **kwargs)
+
+
+def mobilenet_small(num_classes=10, in_channels=3, **kwargs) -> nn.Module:
+    return MobileNetSmall(num_classes, in_channels, **kwargs)
+
+
+def densenet_small(num_classes=10, in_channels=3, **kwargs) -> nn.Module:
+    return DenseNetSmall(num_classes, in_channels, **kwargs)
+
+
+_IN_REPO = {"resnet_small": resnet_small, "mobilenet_small": mobilenet_small, "densenet_small": densenet_small}
+MODEL_NAMES = tuple(_IN_REPO)
+
+
+def torchvision_names() -> list[str]:
+    """torchvision's classification models (weights are never downloaded here)."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                if child.in_channels == in_channels:
+                    return
+                if child.groups != 1:
+                    raise ValueError(f"cannot adapt a grouped first convolution to {in_channels} input channels")
+                new = nn.Conv2d(
+                    in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                    child.dilation, 1, child.bias is not None, child.padding_mode,
+                )
+                setattr(parent, name, new)
+                return
+    raise ValueError(f"found no Conv2d to adapt to {in_channels} input channels")
+
+
+def build_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs) -> nn.Module:
+    """An in-repo model (`MODEL_NAMES`) or any torchvision classification model by name, with
+    random weights. For torchvision models with in_channels != 3 the first convolution is
+    replaced by one with in_channels inputs."""
+    if name in _IN_REPO:
+        return _IN_REPO[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        raise ValueError(
+            f"unknown model {name!r}: expected one of {', '.join(MODEL_NAMES)} or a torchvision "
+            f"classification model (e.g. resnet18, mobilenet_v2)"
+        )
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    if in_channels != 3:
+        _replace_first_conv(model, in_channels)
+    return model
