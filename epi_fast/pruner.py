@@ -74,6 +74,9 @@ class EPIPruner:
         min_keep: channels every group keeps at any ratio (never empty a layer).
         ignored_layers: modules or names whose output channels are never pruned.
         taylor_mode: "square" (default) or "abs" for the Taylor criterion.
+        reduce: how the channels coupled into one group neuron (a residual add) combine into
+            its score: "sum" (default, EPI.md), "mean" or "max". With "sum" a neuron shared by
+            k layers scores about k times a lone one, so residual widths are pruned last.
         process_group: the group to agree in when the model is not DDP-wrapped but the job is
             distributed; a DDP wrapper's own group is used otherwise.
 
@@ -110,6 +113,7 @@ class EPIPruner:
         ignored_layers: Sequence[Any] = (),
         *,
         taylor_mode: str = "square",
+        reduce: str = "sum",
         process_group: Any = None,
     ) -> None:
         from .graph import group_layout, unwrap_model
@@ -139,6 +143,11 @@ class EPIPruner:
         self.deadline_epoch = None if deadline_epoch is None else int(deadline_epoch)
         self.min_keep = int(min_keep)
         self.taylor_mode = taylor_mode
+        from .scoring import REDUCTIONS
+
+        if reduce not in REDUCTIONS:
+            raise ValueError(f"unknown reduce {reduce!r}; expected one of {', '.join(REDUCTIONS)}")
+        self.reduce = reduce
         # Validates window/tau/patience with the indicator's own messages.
         self.indicators: Dict[float, EarlyPruningIndicator] = {
             r: EarlyPruningIndicator(window=window, tau=self.tau, patience=patience) for r in self.ratios
@@ -292,6 +301,7 @@ class EPIPruner:
             "deadline_epoch": self.deadline_epoch,
             "min_keep": self.min_keep,
             "taylor_mode": self.taylor_mode,
+            "reduce": self.reduce,
             "layers": list(self.layers),
         }
 
@@ -378,8 +388,8 @@ class EPIPruner:
         from .scoring import magnitude_scores
 
         if self._taylor is not None:
-            return self._taylor.scores()
-        return magnitude_scores(self._layout, self.criterion)
+            return self._taylor.scores(self.reduce)
+        return magnitude_scores(self._layout, self.criterion, self.reduce)
 
     def _epoch_scores(self) -> torch.Tensor:
         if self._taylor is None:
@@ -396,7 +406,7 @@ class EPIPruner:
                 f"all {steps} optimizer steps of epoch {self._epoch + 1} had non-finite gradients; "
                 "no Taylor scores to rank channels by (has training diverged?)"
             )
-        scores = self._taylor.scores()
+        scores = self._taylor.scores(self.reduce)
         self._skipped_total += skipped
         self._taylor.reset()
         return scores
@@ -416,7 +426,7 @@ class EPIPruner:
         # Host sync, only until the first finite step is seen (see the class docstring).
         local_ok = self._taylor.skipped_steps < self._taylor.steps
         if local_ok:
-            counts = self._structures_local(self._taylor.scores())
+            counts = self._structures_local(self._taylor.scores(self.reduce))
         else:
             counts = torch.zeros(len(self.ratios), len(self.layers), dtype=torch.int64)
         # Rank 0 decides whether this step is the t = 0 capture, and what it captured.
@@ -464,6 +474,7 @@ class EPIPruner:
             min_keep=self.min_keep,
             ignored_layers=self.ignored_layers,
             layout=self._layout,
+            reduce=self.reduce,
         )
         self._pruned = True
         self._prune_epoch = self._epoch

@@ -1,0 +1,8 @@
+"""`python -m epi_fast ...` is the `epi-fast` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
