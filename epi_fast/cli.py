@@ -233,8 +233,8 @@ def _validate_train(args) -> None:
         raise UsageError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     if args.deadline_epoch is not None and args.deadline_epoch > args.epochs:
         raise UsageError(f"--deadline-epoch {args.deadline_epoch} is after the last epoch ({args.epochs})")
-    if args.warmup_epochs >= args.epochs:
-        raise UsageError(f"--warmup-epochs {args.warmup_epochs} must be smaller than --epochs {args.epochs}")
+    if args.warmup_epochs > args.epochs:
+        raise UsageError(f"--warmup-epochs {args.warmup_epochs} is more than --epochs {args.epochs}")
     if args.input_size is not None and len(args.input_size) > 2:
         raise UsageError(f"--input-size takes H or H W, got {len(args.input_size)} numbers")
     if args.data_format == "auto":
