@@ -214,14 +214,10 @@ class EarlyPruningIndicator:
 
 
 def _ops():
-    # The compiled operators when the package provides them; the plain-PyTorch oracle only
-    # while the operator module itself does not exist yet. A broken build must not be hidden.
-    try:
-        return importlib.import_module("epi_fast._ops")
-    except ModuleNotFoundError as e:
-        if e.name != "epi_fast._ops":
-            raise
-        return importlib.import_module("epi_fast.reference")
+    # Imported on first use, not with this module: EarlyPruningIndicator is plain host
+    # arithmetic and stays usable where the extension is not built; whatever needs the
+    # operators gets epi_fast._ops's own error, which says how to build it.
+    return importlib.import_module("epi_fast._ops")
 
 
 class EarlyBirdIndicator:
