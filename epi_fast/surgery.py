@@ -315,7 +315,7 @@ def _rebuild_parameters(params, snapshot, optimizer) -> None:
             old.data, old.grad = data, grad
             continue
         if id(old) not in replaced:
-            idx = current.detach().reshape(-1).round().long()
+            idx = current.detach().reshape(-1).long()  # exact: whole numbers below 2**53
             new = nn.Parameter(_gather(data, idx, current.shape), requires_grad=old.requires_grad)
             if grad is not None:
                 new.grad = _gather(grad, idx, current.shape)
