@@ -40,14 +40,33 @@ Rows gather_rows(at::TensorList tensors, at::TensorList grads = {}) {
   return r;
 }
 
-// Grain in rows so that one task reads about 64 KiB of elements: large enough to amortise the
-// scheduling, small enough to balance layers of very different sizes.
-int64_t row_grain(const Rows& r) {
-  const int64_t rows = std::max<int64_t>(1, r.row_start.back());
-  int64_t elems = 0;
-  for (size_t i = 0; i < r.cols.size(); ++i) elems += r.cols[i] * (r.row_start[i + 1] - r.row_start[i]);
-  const int64_t per_row = std::max<int64_t>(1, elems / rows);
-  return std::max<int64_t>(1, 16384 / per_row);
+// Splits the rows into tasks of about equal element counts. at::parallel_for hands each thread
+// one contiguous share of the task range, so tasks of equal size balance the threads even when
+// layers differ widely in row length (ResNet-50: rows of 27 to 4,608 elements). Problems under
+// one task's worth of elements become a single task and run inline, with no parallel region.
+std::vector<int64_t> balanced_tasks(const Rows& r) {
+  constexpr int64_t kMinTaskElems = 1 << 16;
+  int64_t total = 0;
+  for (size_t t = 0; t < r.cols.size(); ++t) total += r.cols[t] * (r.row_start[t + 1] - r.row_start[t]);
+  const int64_t tasks_wanted = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads() * 8, total / kMinTaskElems));
+  const int64_t per_task = std::max<int64_t>(1, (total + tasks_wanted - 1) / tasks_wanted);
+  std::vector<int64_t> bounds{0};  // global row indices
+  int64_t acc = 0;
+  for (size_t t = 0; t < r.cols.size(); ++t) {
+    const int64_t cols = std::max<int64_t>(r.cols[t], 1);  // empty rows still cost a write
+    for (int64_t g = r.row_start[t]; g < r.row_start[t + 1];) {
+      const int64_t room = std::max<int64_t>(1, (per_task - acc + cols - 1) / cols);
+      const int64_t take = std::min(room, r.row_start[t + 1] - g);
+      g += take;
+      acc += take * cols;
+      if (acc >= per_task) {
+        bounds.push_back(g);
+        acc = 0;
+      }
+    }
+  }
+  if (bounds.back() != r.row_start.back()) bounds.push_back(r.row_start.back());
+  return bounds;
 }
 
 // Calls fn(tensor, row, global_row) for every row in [begin, end).
@@ -58,6 +77,17 @@ void for_rows(const Rows& r, int64_t begin, int64_t end, Fn fn) {
     while (g >= r.row_start[t + 1]) ++t;
     fn(t, g - r.row_start[t], g);
   }
+}
+
+// Runs fn over every row, in parallel over balanced tasks.
+template <typename Fn>
+void parallel_rows(const Rows& r, Fn fn) {
+  const std::vector<int64_t> bounds = balanced_tasks(r);
+  const int64_t tasks = static_cast<int64_t>(bounds.size()) - 1;
+  if (tasks <= 0) return;
+  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
+    for_rows(r, bounds[b], bounds[e], fn);
+  });
 }
 
 template <typename Fn>
@@ -79,11 +109,9 @@ at::Tensor channel_scores_cpu(at::TensorList tensors, c10::string_view criterion
   float* o = out.data_ptr<float>();
   dispatch_dtype(tensors[0].scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    at::parallel_for(0, r.row_start.back(), row_grain(r), [&](int64_t b, int64_t e) {
-      for_rows(r, b, e, [&](size_t t, int64_t row, int64_t g) {
-        const T* p = static_cast<const T*>(r.data[t]) + row * r.cols[t];
-        o[g] = score_finish(row_score_sum(p, r.cols[t], kind), kind);
-      });
+    parallel_rows(r, [&](size_t t, int64_t row, int64_t g) {
+      const T* p = static_cast<const T*>(r.data[t]) + row * r.cols[t];
+      o[g] = score_finish(row_score_sum(p, r.cols[t], kind), kind);
     });
   });
   return out;
@@ -99,12 +127,10 @@ at::Tensor taylor_raw_cpu(at::TensorList params, at::TensorList grads, at::IntAr
   std::vector<float> row_sums(r.row_start.back());
   dispatch_dtype(params[0].scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    at::parallel_for(0, r.row_start.back(), row_grain(r), [&](int64_t b, int64_t e) {
-      for_rows(r, b, e, [&](size_t t, int64_t row, int64_t g) {
-        const T* w = static_cast<const T*>(r.data[t]) + row * r.cols[t];
-        const T* dw = static_cast<const T*>(r.grad[t]) + row * r.cols[t];
-        row_sums[g] = row_dot(w, dw, r.cols[t]);
-      });
+    parallel_rows(r, [&](size_t t, int64_t row, int64_t g) {
+      const T* w = static_cast<const T*>(r.data[t]) + row * r.cols[t];
+      const T* dw = static_cast<const T*>(r.grad[t]) + row * r.cols[t];
+      row_sums[g] = row_dot(w, dw, r.cols[t]);
     });
   });
   at::Tensor raw = at::zeros({channels}, params[0].options().dtype(at::kFloat));
@@ -171,7 +197,7 @@ at::Tensor group_reduce_cpu(const at::Tensor& scores_in, const at::Tensor& group
     TORCH_CHECK_VALUE(idx[k] >= 0 && idx[k] < n, "member_idx[", k, "] = ", idx[k], " is outside the ", n, " scores");
   at::Tensor out = at::empty({groups}, scores.options());
   float* o = out.data_ptr<float>();
-  at::parallel_for(0, groups, 2048, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, groups, std::max<int64_t>(2048, groups * (1 << 16) / std::max<int64_t>(members, 1)), [&](int64_t b, int64_t e) {
     for (int64_t g = b; g < e; ++g) {
       float acc = reduce_init(red);
       for (int64_t k = ptr[g]; k < ptr[g + 1]; ++k) acc = reduce_step(acc, s[idx[k]], red);
@@ -207,7 +233,9 @@ std::tuple<at::Tensor, at::Tensor> global_masks_cpu(const at::Tensor& scores_in,
   // Protected: the min_keep highest keys of each segment.
   std::vector<uint64_t> removable = keys;
   if (segments > 0 && min_keep > 0) {
-    at::parallel_for(0, segments, 1, [&](int64_t b, int64_t e) {
+    // Partial sorts of a few thousand keys: parallel only when there is enough work.
+    const int64_t grain = n >= (1 << 18) ? 1 : segments;
+    at::parallel_for(0, segments, grain, [&](int64_t b, int64_t e) {
       std::vector<uint64_t> seg;
       for (int64_t sg = b; sg < e; ++sg) {
         const int64_t lo = offsets[sg], size = offsets[sg + 1] - lo;
@@ -252,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor> global_masks_cpu(const at::Tensor& scores_in,
   bool* mk = masks.data_ptr<bool>();
   float* th = thresholds.data_ptr<float>();
   for (int64_t j = 0; j < m; ++j) th[j] = ks[j] ? channel_key_score(kth[j]) : -INFINITY;
-  at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, n, std::max<int64_t>(1 << 16, (1 << 18) / std::max<int64_t>(m, 1)), [&](int64_t b, int64_t e) {
     for (int64_t j = 0; j < m; ++j) {
       bool* row = mk + j * n;
       const bool none = ks[j] == 0;
@@ -265,7 +293,10 @@ std::tuple<at::Tensor, at::Tensor> global_masks_cpu(const at::Tensor& scores_in,
 void segment_counts_cpu(const bool* a, const bool* b, int64_t m, int64_t n,
                         const std::vector<int64_t>& offsets, int64_t* counts, int64_t* differ) {
   const int64_t segments = static_cast<int64_t>(offsets.size()) - 1;
-  at::parallel_for(0, m * segments, 1, [&](int64_t begin, int64_t end) {
+  // One task per (ratio, segment); a parallel region only pays off past ~256K mask entries.
+  const int64_t tasks = m * segments;
+  const int64_t grain = m * n >= (1 << 18) ? std::max<int64_t>(1, tasks / (4 * at::get_num_threads())) : tasks;
+  at::parallel_for(0, tasks, std::max<int64_t>(grain, 1), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t j = task / segments, sg = task % segments;
       const bool* ra = a + j * n;

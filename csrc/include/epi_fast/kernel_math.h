@@ -132,6 +132,11 @@ constexpr int kLanes = 16;
 
 template <ScoreKind K, typename T>
 EPI_HD float row_score_sum(const T* row, int64_t cols) {
+  if (cols < kLanes) {  // short rows (depthwise 3x3, BN): skip the lane set-up and fold
+    float s = 0.0f;
+    for (int64_t j = 0; j < cols; ++j) s += score_term<K>(to_float(row[j]));
+    return s;
+  }
   float lane[kLanes];
   for (int l = 0; l < kLanes; ++l) lane[l] = 0.0f;
   int64_t j = 0;
@@ -155,6 +160,11 @@ EPI_HD float row_score_sum(const T* row, int64_t cols, ScoreKind kind) {
 
 template <typename T>
 EPI_HD float row_dot(const T* a, const T* b, int64_t cols) {
+  if (cols < kLanes) {
+    float s = 0.0f;
+    for (int64_t j = 0; j < cols; ++j) s += to_float(a[j]) * to_float(b[j]);
+    return s;
+  }
   float lane[kLanes];
   for (int l = 0; l < kLanes; ++l) lane[l] = 0.0f;
   int64_t j = 0;
