@@ -16,10 +16,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-try:
-    from . import _ops as ops
-except ImportError:  # the compiled operators are not built yet
-    from . import reference as ops
+from . import _ops as ops
 
 __all__ = ["GroupLayout", "LayoutGroup", "Member", "group_layout", "unwrap_model"]
 

@@ -15,10 +15,7 @@ import torch.nn as nn
 
 from .graph import BATCHNORM, GroupLayout
 
-try:
-    from . import _ops as ops
-except ImportError:  # the compiled operators are not built yet
-    from . import reference as ops
+from . import _ops as ops
 
 __all__ = ["MAGNITUDE_CRITERIA", "REDUCTIONS", "ScorePlan", "TaylorAccumulator", "magnitude_scores", "score_plan"]
 

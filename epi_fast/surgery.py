@@ -23,10 +23,7 @@ import torch_pruning as tp
 from .graph import GroupLayout, group_layout, unwrap_model
 from .scoring import MAGNITUDE_CRITERIA, REDUCTIONS, magnitude_scores
 
-try:
-    from . import _ops as ops
-except ImportError:  # the compiled operators are not built yet
-    from . import reference as ops
+from . import _ops as ops
 
 __all__ = ["prune", "prune_with_masks", "count_ops"]
 

@@ -26,10 +26,7 @@ from epi_fast.models import MODEL_NAMES, build_model
 from epi_fast.scoring import magnitude_scores
 from epi_fast.surgery import prune, prune_with_masks
 
-try:
-    from epi_fast import _ops as ops
-except ImportError:
-    from epi_fast import reference as ops
+from epi_fast import _ops as ops
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
