@@ -14,6 +14,7 @@ model, its parameters and the optimizer are restored exactly.
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Optional
 
 import torch
@@ -112,6 +113,14 @@ def prune(
         layout = group_layout(model, example_inputs, ignored_layers=ignored_layers)
     else:
         _check_layout(layout, model)
+    if layout.untraced:
+        shown = ", ".join(layout.untraced[:3]) + (", ..." if len(layout.untraced) > 3 else "")
+        warnings.warn(
+            f"{len(layout.untraced)} conv/linear layers were not reached by tracing ({shown}), e.g. "
+            "auxiliary heads that only run in training mode: they are not pruned, so the pruned "
+            "model may only run in eval mode",
+            stacklevel=2,
+        )
     n = layout.num_neurons
     given_scores = scores is not None
     if scores is None:
