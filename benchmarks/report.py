@@ -156,6 +156,11 @@ def markdown(results, title: str) -> str:
                    f"torch-pruning {env.get('torch_pruning')}; threads {env['threads']}; mode `{env['mode']}`")
     lines.append(f"- load average at start / end: {results.get('load_average_start')} / "
                  f"{results.get('load_average_end')}; wall {results.get('wall_seconds', 0):.0f} s")
+    loads = [x[0] for x in (results.get("load_average_start"), results.get("load_average_end")) if x]
+    if loads and max(loads) > env["threads"]:
+        lines.append(f"- **warning: the machine was shared during this run (1-minute load average up to "
+                     f"{max(loads):.1f} on {env['threads']} threads): absolute times are inflated and noisy; the "
+                     f"implementations were timed in interleaved rounds so that the ratios are less biased**")
     lines.append("- times: median of repeated runs after warm-up (min and IQR in the JSON); floor = one `.sum()` "
                  "over a flat tensor of the same bytes and dtype; `floor frac` = floor time / time; "
                  "`vs loop` = loop time / time")
