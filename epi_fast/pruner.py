@@ -268,6 +268,8 @@ class EPIPruner:
             "tau": self.tau,
             "patience": self.patience,
             "deadline_epoch": self.deadline_epoch,
+            "min_keep": self.min_keep,
+            "reduce": self.reduce,
             "track_ratios": list(self.ratios),
             "epochs": self._epoch,
             "pruned": self._pruned,
