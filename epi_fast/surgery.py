@@ -137,8 +137,14 @@ def prune(
     groups_pruned = sum(1 for g, o in zip(layout.groups, layout.offsets) if not bool(keep[o:o + g.size].all()))
     layers = list(layout.layers)
     modules = dict(model.named_modules())
-    prune_with_masks(model, layout, keep, optimizer)
-    after = count_ops(model, example_inputs)
+    snapshot = _cut(model, layout, keep, optimizer)
+    try:
+        # Counting runs the pruned model: a model that no longer runs is undone, not returned.
+        after = count_ops(model, example_inputs)
+    except BaseException:
+        if snapshot is not None:
+            snapshot.restore()
+        raise
     kept = [_out_channels(modules[name]) for name in layers]
     return {
         "ratio": ratio,
@@ -240,7 +246,10 @@ def _name_of(model, module) -> str:
 class _Snapshot:
     """Enough of the model, parameters, optimizer and dependency graph to undo a prune."""
 
-    def __init__(self, model, params, optimizer, dg):
+    def __init__(self, model, params, optimizer, dg, layout):
+        self.layout = layout
+        self.new_ids: set[int] = set()
+        self.dtypes: dict[int, torch.dtype] = {}
         self.modules = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
         self.params = [(p, p.data, p.grad) for _, _, p in params]
         self.optimizer = optimizer
@@ -269,6 +278,7 @@ class _Snapshot:
         self.dg.module2node = module2node
         self.dg._param_to_name = param_to_name
         self.dg._pruning_history = history
+        self.layout.__dict__.pop("_spent", None)
 
 
 def _prune_group(dg, group, idxs) -> None:
@@ -290,13 +300,17 @@ def prune_with_masks(model: nn.Module, layout: GroupLayout, keep_mask: torch.Ten
     """
     model = unwrap_model(model)
     _check_layout(layout, model)
-    keep = _check_mask(layout, keep_mask)
+    _cut(model, layout, _check_mask(layout, keep_mask), optimizer)
+
+
+def _cut(model, layout, keep, optimizer) -> Optional["_Snapshot"]:
+    """The surgery; returns the snapshot that undoes it (None when nothing was removed)."""
     _check_optimizer(optimizer, layout, keep)
     work, params = _affected(layout, keep)
     if not work:
-        return
+        return None
     dg = layout.dg
-    snapshot = _Snapshot(model, params, optimizer, dg)
+    snapshot = _Snapshot(model, params, optimizer, dg, layout)
     try:
         for _, _, p in params:
             # Grads are set aside: tp would slice them into the index-valued float64 parameters.
@@ -305,10 +319,22 @@ def prune_with_masks(model: nn.Module, layout: GroupLayout, keep_mask: torch.Ten
         for group, pruned in work:
             _prune_group(dg, group, group.root_channels(pruned))
         _rebuild_parameters(params, snapshot, optimizer)
+        _check_no_stray_parameters(model, snapshot)
     except BaseException:
         snapshot.restore()
         raise
     layout.__dict__["_spent"] = True
+    return snapshot
+
+
+def _check_no_stray_parameters(model, snapshot) -> None:
+    # A parameter that tp replaced although no layout member owns it would escape the
+    # optimizer remapping (and keep float64 indices if it had been swapped): refuse the result.
+    known = {id(p) for _, _, params, _, _ in snapshot.modules for p in params.values() if p is not None}
+    known |= snapshot.new_ids
+    for name, p in model.named_parameters():
+        if id(p) not in known or p.dtype != snapshot.dtypes.get(id(p), p.dtype):
+            raise RuntimeError(f"Torch-Pruning changed {name}, which the layout does not list; the prune was undone")
 
 
 def _rebuild_parameters(params, snapshot, optimizer) -> None:
@@ -326,6 +352,8 @@ def _rebuild_parameters(params, snapshot, optimizer) -> None:
             if grad is not None:
                 new.grad = _gather(grad, idx, current.shape)
             replaced[id(old)] = (old, new, idx)
+            snapshot.new_ids.add(id(new))
+            snapshot.dtypes[id(new)] = data.dtype
         module._parameters[attr] = replaced[id(old)][1]
     # The old objects get their values back: anyone still holding one sees the dense tensor.
     for old, _, _ in replaced.values():

@@ -412,3 +412,30 @@ def test_structure_maps_masks_to_layer_counts(small):
 
 def test_graph_module_exposes_the_layout_api():
     assert callable(graph.group_layout) and graph.GroupLayout.__doc__
+
+
+def test_failure_after_the_cut_is_undone_too(small, monkeypatch):
+    model, x = small
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(x).sum().backward()
+    opt.step()
+    snap = snapshot(model)
+    params = list(opt.param_groups[0]["params"])
+    real = surgery.count_ops
+    calls = {"n": 0}
+
+    def count_then_fail(m, inputs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the count of the pruned model
+            raise RuntimeError("pruned model does not run")
+        return real(m, inputs)
+
+    monkeypatch.setattr(surgery, "count_ops", count_then_fail)
+    layout = group_layout(model, x)
+    with pytest.raises(RuntimeError, match="does not run"):
+        prune(model, 0.5, x, optimizer=opt, layout=layout)
+    assert_unchanged(model, snap)
+    assert opt.param_groups[0]["params"] == params
+    assert all(opt.state[p]["momentum_buffer"].shape == p.shape for p in params)
+    monkeypatch.setattr(surgery, "count_ops", real)
+    prune(model, 0.5, x, optimizer=opt, layout=layout)  # the layout is usable again
