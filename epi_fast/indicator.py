@@ -73,7 +73,16 @@ def layer_distances(n1: Sequence[int], n2: Sequence[int]) -> List[float]:
     b = _as_counts(n2, "n2")
     if len(a) != len(b):
         raise ValueError(f"structures have different numbers of layers: {len(a)} and {len(b)}")
+    return _distances(a, b)
+
+
+def _distances(a: List[int], b: List[int]) -> List[float]:
     return [abs(x - y) / (x + y) if x + y else 0.0 for x, y in zip(a, b)]
+
+
+def _similarity(a: List[int], b: List[int]) -> float:
+    d = _distances(a, b)
+    return 1.0 - math.fsum(d) / len(d)
 
 
 def structure_similarity(n1: Sequence[int], n2: Sequence[int]) -> float:
@@ -130,7 +139,8 @@ class EarlyPruningIndicator:
             )
         epi: Optional[float] = None
         if len(self._structures) == self.window:
-            epi = math.fsum(structure_similarity(n, prev) for prev in self._structures) / self.window
+            # The stored structures were validated when they came in: compare them as they are.
+            epi = math.fsum(_similarity(n, prev) for prev in self._structures) / self.window
         t = len(self._history)
         if epi is not None and self._fired_epoch is None and self._rule_holds(epi):
             self._fired_epoch = t

@@ -11,6 +11,63 @@
 #include "epi_fast/kernel_math.h"
 
 namespace epi_fast {
+
+// Row-block kernels, compiled twice (AVX2 and baseline x86-64) and picked at load time by the
+// CPU's capabilities: the wheel runs anywhere, and AVX2 machines read at full bandwidth. They
+// live outside the anonymous namespace because GCC's ifunc resolvers need external symbols.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define EPI_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define EPI_CPU_CLONES
+#endif
+
+namespace cpu_rows {
+#define EPI_SCORE_ROWS(NAME, KIND, T)                                                   \
+  EPI_CPU_CLONES void NAME(const T* data, int64_t cols, int64_t rows, float* out) {     \
+    for (int64_t r = 0; r < rows; ++r)                                                  \
+      out[r] = score_finish(row_score_sum<KIND>(data + r * cols, cols), KIND);          \
+  }
+#define EPI_DOT_ROWS(NAME, T)                                                           \
+  EPI_CPU_CLONES void NAME(const T* a, const T* b, int64_t cols, int64_t rows, float* out) { \
+    for (int64_t r = 0; r < rows; ++r) out[r] = row_dot(a + r * cols, b + r * cols, cols); \
+  }
+EPI_SCORE_ROWS(l1_f32, ScoreKind::L1, float)
+EPI_SCORE_ROWS(l2_f32, ScoreKind::L2, float)
+EPI_SCORE_ROWS(abs_f32, ScoreKind::Abs, float)
+EPI_SCORE_ROWS(l1_f16, ScoreKind::L1, at::Half)
+EPI_SCORE_ROWS(l2_f16, ScoreKind::L2, at::Half)
+EPI_SCORE_ROWS(abs_f16, ScoreKind::Abs, at::Half)
+EPI_SCORE_ROWS(l1_bf16, ScoreKind::L1, at::BFloat16)
+EPI_SCORE_ROWS(l2_bf16, ScoreKind::L2, at::BFloat16)
+EPI_SCORE_ROWS(abs_bf16, ScoreKind::Abs, at::BFloat16)
+EPI_DOT_ROWS(dot_f32, float)
+EPI_DOT_ROWS(dot_f16, at::Half)
+EPI_DOT_ROWS(dot_bf16, at::BFloat16)
+#undef EPI_SCORE_ROWS
+#undef EPI_DOT_ROWS
+
+template <typename T>
+using ScoreRows = void (*)(const T*, int64_t, int64_t, float*);
+
+template <typename T>
+struct ForType;
+template <>
+struct ForType<float> {
+  static constexpr ScoreRows<float> score[3] = {l1_f32, l2_f32, abs_f32};
+  static constexpr auto dot = dot_f32;
+};
+template <>
+struct ForType<at::Half> {
+  static constexpr ScoreRows<at::Half> score[3] = {l1_f16, l2_f16, abs_f16};
+  static constexpr auto dot = dot_f16;
+};
+template <>
+struct ForType<at::BFloat16> {
+  static constexpr ScoreRows<at::BFloat16> score[3] = {l1_bf16, l2_bf16, abs_bf16};
+  static constexpr auto dot = dot_bf16;
+};
+}  // namespace cpu_rows
+
 namespace {
 
 struct Rows {
@@ -69,25 +126,51 @@ std::vector<int64_t> balanced_tasks(const Rows& r) {
   return bounds;
 }
 
-// Calls fn(tensor, row, global_row) for every row in [begin, end).
+// Calls fn(tensor, first_row, rows, global_row) for the part of every tensor inside the
+// global row range [begin, end): one call per block of consecutive rows, not per row.
 template <typename Fn>
-void for_rows(const Rows& r, int64_t begin, int64_t end, Fn fn) {
+void for_blocks(const Rows& r, int64_t begin, int64_t end, Fn fn) {
   size_t t = std::upper_bound(r.row_start.begin(), r.row_start.end(), begin) - r.row_start.begin() - 1;
-  for (int64_t g = begin; g < end; ++g) {
-    while (g >= r.row_start[t + 1]) ++t;
-    fn(t, g - r.row_start[t], g);
+  for (; t + 1 < r.row_start.size() && r.row_start[t] < end; ++t) {
+    const int64_t lo = std::max(begin, r.row_start[t]), hi = std::min(end, r.row_start[t + 1]);
+    if (hi > lo) fn(t, lo - r.row_start[t], hi - lo, lo);
   }
 }
 
-// Runs fn over every row, in parallel over balanced tasks.
+// Runs fn over every row block, in parallel over balanced tasks.
 template <typename Fn>
-void parallel_rows(const Rows& r, Fn fn) {
+void parallel_blocks(const Rows& r, Fn fn) {
   const std::vector<int64_t> bounds = balanced_tasks(r);
   const int64_t tasks = static_cast<int64_t>(bounds.size()) - 1;
   if (tasks <= 0) return;
   at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
-    for_rows(r, bounds[b], bounds[e], fn);
+    for_blocks(r, bounds[b], bounds[e], fn);
   });
+}
+
+// LSD radix sort of 32-bit keys, 8 bits a pass; passes whose digit is the same for every key
+// are skipped (scores of one sign and similar magnitude share their top byte).
+void radix_sort(std::vector<uint32_t>& keys) {
+  const size_t n = keys.size();
+  if (n < 2) return;
+  std::vector<uint32_t> tmp(n);
+  size_t hist[4][256] = {};
+  for (uint32_t k : keys)
+    for (int d = 0; d < 4; ++d) ++hist[d][(k >> (8 * d)) & 0xffu];
+  uint32_t* src = keys.data();
+  uint32_t* dst = tmp.data();
+  for (int d = 0; d < 4; ++d) {
+    if (hist[d][(src[0] >> (8 * d)) & 0xffu] == n) continue;
+    size_t pos[256];
+    size_t acc = 0;
+    for (int b = 0; b < 256; ++b) {
+      pos[b] = acc;
+      acc += hist[d][b];
+    }
+    for (size_t i = 0; i < n; ++i) dst[pos[(src[i] >> (8 * d)) & 0xffu]++] = src[i];
+    std::swap(src, dst);
+  }
+  if (src != keys.data()) std::copy(src, src + n, keys.data());
 }
 
 template <typename Fn>
@@ -109,9 +192,9 @@ at::Tensor channel_scores_cpu(at::TensorList tensors, c10::string_view criterion
   float* o = out.data_ptr<float>();
   dispatch_dtype(tensors[0].scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    parallel_rows(r, [&](size_t t, int64_t row, int64_t g) {
-      const T* p = static_cast<const T*>(r.data[t]) + row * r.cols[t];
-      o[g] = score_finish(row_score_sum(p, r.cols[t], kind), kind);
+    const auto score = cpu_rows::ForType<T>::score[static_cast<int>(kind)];
+    parallel_blocks(r, [&](size_t t, int64_t row, int64_t rows, int64_t g) {
+      score(static_cast<const T*>(r.data[t]) + row * r.cols[t], r.cols[t], rows, o + g);
     });
   });
   return out;
@@ -127,10 +210,10 @@ at::Tensor taylor_raw_cpu(at::TensorList params, at::TensorList grads, at::IntAr
   std::vector<float> row_sums(r.row_start.back());
   dispatch_dtype(params[0].scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    parallel_rows(r, [&](size_t t, int64_t row, int64_t g) {
-      const T* w = static_cast<const T*>(r.data[t]) + row * r.cols[t];
-      const T* dw = static_cast<const T*>(r.grad[t]) + row * r.cols[t];
-      row_sums[g] = row_dot(w, dw, r.cols[t]);
+    parallel_blocks(r, [&](size_t t, int64_t row, int64_t rows, int64_t g) {
+      cpu_rows::ForType<T>::dot(static_cast<const T*>(r.data[t]) + row * r.cols[t],
+                                static_cast<const T*>(r.grad[t]) + row * r.cols[t], r.cols[t], rows,
+                                row_sums.data() + g);
     });
   });
   at::Tensor raw = at::zeros({channels}, params[0].options().dtype(at::kFloat));
@@ -219,19 +302,20 @@ std::tuple<at::Tensor, at::Tensor> global_masks_cpu(const at::Tensor& scores_in,
   const int64_t segments = static_cast<int64_t>(segment_sizes.size());
 
   const float* s = scores.data_ptr<float>();
-  std::vector<uint64_t> keys(n);
+  // 32-bit order keys: ascending score, -0.0 folded onto +0.0. The index breaks ties below.
+  std::vector<uint32_t> fkey(n);
   int64_t nans = 0;
   for (int64_t i = 0; i < n; ++i) {
     nans += s[i] != s[i];
-    keys[i] = channel_key(s[i], static_cast<uint32_t>(i));
+    fkey[i] = float_order_key(s[i]);
   }
   TORCH_CHECK_VALUE(nans == 0, "scores contain ", nans, " NaN value", nans == 1 ? "" : "s",
                     "; masks are undefined");
   const std::vector<int64_t> ks = removal_counts(ratios, n, segment_sizes, min_keep);
   const int64_t m = static_cast<int64_t>(ks.size());
 
-  // Protected: the min_keep highest keys of each segment.
-  std::vector<uint64_t> removable = keys;
+  // Protected: the min_keep highest (score, index) keys of each segment.
+  std::vector<uint8_t> protect(n, 0);
   if (segments > 0 && min_keep > 0) {
     // Partial sorts of a few thousand keys: parallel only when there is enough work.
     const int64_t grain = n >= (1 << 18) ? 1 : segments;
@@ -240,51 +324,52 @@ std::tuple<at::Tensor, at::Tensor> global_masks_cpu(const at::Tensor& scores_in,
       for (int64_t sg = b; sg < e; ++sg) {
         const int64_t lo = offsets[sg], size = offsets[sg + 1] - lo;
         if (size == 0) continue;
-        uint64_t limit = 0;  // keys >= limit are protected
-        if (size > min_keep) {
-          seg.assign(keys.begin() + lo, keys.begin() + lo + size);
-          std::nth_element(seg.begin(), seg.begin() + (size - min_keep), seg.end());
-          limit = seg[size - min_keep];
+        if (size <= min_keep) {
+          std::fill(protect.begin() + lo, protect.begin() + lo + size, 1);
+          continue;
         }
-        for (int64_t i = lo; i < lo + size; ++i)
-          if (keys[i] >= limit) removable[i] = kProtectedKey;
+        seg.resize(size);
+        for (int64_t i = 0; i < size; ++i) seg[i] = channel_key(s[lo + i], static_cast<uint32_t>(lo + i));
+        std::nth_element(seg.begin(), seg.begin() + (size - min_keep), seg.end());
+        const uint64_t limit = seg[size - min_keep];  // keys >= limit are protected
+        for (int64_t i = 0; i < size; ++i)
+          protect[lo + i] = channel_key(s[lo + i], static_cast<uint32_t>(lo + i)) >= limit;
       }
     });
   }
 
-  // k-th smallest removable key for every ratio: one partial partition per distinct k, each
-  // working on the part of the array above the previous one.
-  std::vector<uint64_t> pool;
+  // One radix sort of the removable keys serves every ratio: the k-th smallest key v is
+  // sorted[k - 1]; every channel below v goes, and of the channels equal to v the lowest
+  // indices go until k are removed.
+  std::vector<uint32_t> pool;
   pool.reserve(n);
-  for (uint64_t k : removable)
-    if (k != kProtectedKey) pool.push_back(k);
-  std::vector<int64_t> order(m);
-  std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return ks[a] < ks[b]; });
-  std::vector<uint64_t> kth(m, 0);
-  int64_t done = 0;  // pool[0, done) holds the done smallest keys, in no order
-  for (int64_t j : order) {
-    const int64_t k = ks[j];
-    if (k == 0) continue;
-    if (k > done) {
-      std::nth_element(pool.begin() + done, pool.begin() + (k - 1), pool.end());
-      done = k;
-    }
-    // pool[k - 1] is the k-th smallest once partitioned at k - 1; later partitions leave
-    // [0, done) untouched, so it stays valid for equal k.
-    kth[j] = *std::max_element(pool.begin(), pool.begin() + k);
-  }
+  for (int64_t i = 0; i < n; ++i)
+    if (!protect[i]) pool.push_back(fkey[i]);
+  radix_sort(pool);
 
   at::Tensor masks = at::empty({m, n}, scores.options().dtype(at::kBool));
   at::Tensor thresholds = at::empty({m}, scores.options());
   bool* mk = masks.data_ptr<bool>();
   float* th = thresholds.data_ptr<float>();
-  for (int64_t j = 0; j < m; ++j) th[j] = ks[j] ? channel_key_score(kth[j]) : -INFINITY;
-  at::parallel_for(0, n, std::max<int64_t>(1 << 16, (1 << 18) / std::max<int64_t>(m, 1)), [&](int64_t b, int64_t e) {
-    for (int64_t j = 0; j < m; ++j) {
+  const int64_t grain = m * n >= (1 << 18) ? 1 : m;
+  at::parallel_for(0, m, grain, [&](int64_t b, int64_t e) {
+    for (int64_t j = b; j < e; ++j) {
       bool* row = mk + j * n;
-      const bool none = ks[j] == 0;
-      for (int64_t i = b; i < e; ++i) row[i] = none || removable[i] > kth[j];
+      const int64_t k = ks[j];
+      if (k == 0) {
+        std::fill(row, row + n, true);
+        th[j] = -INFINITY;
+        continue;
+      }
+      const uint32_t v = pool[k - 1];
+      int64_t quota = k - (std::lower_bound(pool.begin(), pool.end(), v) - pool.begin());
+      th[j] = order_key_float(v);
+      for (int64_t i = 0; i < n; ++i) {
+        const uint32_t key = fkey[i];
+        bool removed = !protect[i] && key <= v;
+        if (removed && key == v) removed = quota-- > 0;
+        row[i] = !removed;
+      }
     }
   });
   return {masks, thresholds};
