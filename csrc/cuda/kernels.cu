@@ -203,8 +203,7 @@ __global__ void channel_keys_kernel(const float* scores, int64_t n, uint64_t* ke
     nans += (s != s);
     keys[i] = channel_key(s, static_cast<uint32_t>(i));
   }
-  nans = __syncthreads_count(nans);  // counts threads with a non-zero value
-  if (nans && threadIdx.x == 0) atomicAdd(nan_count, nans);
+  if (nans) atomicAdd(nan_count, nans);  // NaN scores are rare: no block reduction needed
 }
 
 // prot_key[s]: the smallest key among the min_keep highest keys of segment s (the protected
