@@ -451,7 +451,7 @@ def _fmt(m: float, s: float) -> str:
     return f"{m:.2f} ± {s:.2f}"
 
 
-def aggregate(units: List[Dict[str, Any]], setting: str) -> Dict[str, Any]:
+def aggregate(units: List[Dict[str, Any]], setting: str, timing: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Numbers of the tables for one setting, from its unit results."""
     out: Dict[str, Any] = {"setting": setting, "criteria": {}}
     for crit in sorted({u["config"]["criterion"] for u in units}):
@@ -497,11 +497,106 @@ def aggregate(units: List[Dict[str, Any]], setting: str) -> Dict[str, Any]:
         out["criteria"][crit] = {"T": T, "candidates": cands, "predef": predef, "tau": us[0]["tau"],
                                  "reduce": us[0]["config"]["reduce"][crit],
                                  "deadline": us[0]["deadline"], "seeds": [u["config"]["seed"] for u in us],
-                                 "rows": rows, "avg_drop": avg, "costs": costs(us, cands, predef)}
+                                 "rows": rows, "avg_drop": avg,
+                                 "costs": costs(us, cands, predef, (timing or {}).get("criteria", {}).get(crit)),
+                                 "wall_clock_source": "timing pass" if timing else "in-run (shared CPU)"}
     return out
 
 
-def costs(us: List[Dict[str, Any]], cands, predef) -> Dict[str, Any]:
+def _keep_mask_from_counts(layout, layers: List[str], kept: List[int]):
+    """The group keep-mask (first kept_g neurons of each group) that gives these per-layer counts:
+    the same network shape as the branch's, for timing (which channels survive does not matter)."""
+    import torch
+
+    per_layer = dict(zip(layers, kept))
+    parts = []
+    for g in layout.groups:
+        k = per_layer.get(g.root, g.size * g.channel_groups) // max(1, g.channel_groups)
+        k = max(1, min(g.size, k))
+        parts.append(torch.arange(g.size) < k)
+    return torch.cat(parts)
+
+
+def _step_seconds(model, data: "Tensors", accumulate=None, warmup: int = 2, chunk: int = 8, chunks: int = 3) -> float:
+    """Median seconds of one training step (SGD + schedule as in training), over `chunks` timed
+    chunks of `chunk` steps after `warmup` steps."""
+    import torch
+    import torch.nn.functional as F
+
+    opt = make_optimizer(model)
+    sched = make_scheduler(opt, 1000, 10)
+    gen = torch.Generator().manual_seed(0)
+    bs = TRAIN["batch_size"]
+    model.train()
+    times = []
+
+    def step():
+        idx = torch.randint(0, len(data), (bs,), generator=gen)
+        loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if accumulate is not None:
+            accumulate()
+        opt.step()
+        sched.step()
+
+    for _ in range(warmup):
+        step()
+    for _ in range(chunks):
+        t0 = time.perf_counter()
+        for _ in range(chunk):
+            step()
+        times.append((time.perf_counter() - t0) / chunk)
+    return float(np.median(times))
+
+
+def timing_pass(units: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Wall-clock per training epoch of the dense network and of every branch's pruned network,
+    measured in one process with one thread and nothing else of this protocol running (the
+    in-run timings share the CPU with the other worker and with other users' jobs, and a
+    benchmark pause can fall inside an epoch). Epoch seconds = median step seconds x steps."""
+    import torch
+    from epi_fast.graph import group_layout
+    from epi_fast.models import build_model
+    from epi_fast.scoring import TaylorAccumulator
+    from epi_fast.surgery import prune_with_masks
+
+    torch.set_num_threads(1)
+    out: Dict[str, Any] = {"method": timing_pass.__doc__.split("\n\n")[0] if timing_pass.__doc__ else "", "criteria": {}}
+    cache: Dict[Tuple[int, ...], float] = {}
+    for crit in sorted({u["config"]["criterion"] for u in units}):
+        us = [u for u in units if u["config"]["criterion"] == crit]
+        cfg = us[0]["config"]
+        train, _, k, cin, hw, _ = load_setting(cfg["setting"], cfg["seed"], cfg.get("train_subset"))
+        spe = steps_per_epoch(len(train))
+        example = torch.zeros(1, cin, *hw)
+
+        def new_model():
+            _seed_everything(0)
+            return build_model(cfg["model"], num_classes=k, in_channels=cin, **cfg.get("model_kwargs", {}))
+
+        m = new_model()
+        acc = TaylorAccumulator(group_layout(m, example)) if crit == "gradient" else None
+        dense = spe * _step_seconds(m, train, acc.step if acc is not None else None)
+        res = {"dense_epoch_seconds": dense, "pruned_epoch_seconds": {}}
+        for u in us:
+            seed_res = {}
+            for rk, br in u["branches"].items():
+                seed_res[rk] = {}
+                for e, b in br.items():
+                    key = tuple(b["kept"])
+                    if key not in cache:
+                        m = new_model()
+                        layout = group_layout(m, example)
+                        prune_with_masks(m, layout, _keep_mask_from_counts(layout, u["layers"], b["kept"]))
+                        cache[key] = _step_seconds(m, train)
+                    seed_res[rk][e] = spe * cache[key]
+            res["pruned_epoch_seconds"][str(u["config"]["seed"])] = seed_res
+        out["criteria"][crit] = res
+    return out
+
+
+def costs(us: List[Dict[str, Any]], cands, predef, timing: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Training cost of each policy relative to dense training, per ratio, mean over seeds.
 
     FLOPs: per epoch 3 x forward FLOPs x samples (forward + backward), dense until the prune
@@ -518,15 +613,19 @@ def costs(us: List[Dict[str, Any]], cands, predef) -> Dict[str, Any]:
             T = u["config"]["epochs"]
             n = u["samples_per_epoch"]
             d_f = 3 * u["dense"]["flops"] * n
-            d_s = float(np.mean(u["dense"]["epoch_seconds"]))
-            o_s = float(np.mean(u["dense"]["score_seconds"]))
+            d_s = float(np.median(u["dense"]["epoch_seconds"]))
+            o_s = float(np.median(u["dense"]["score_seconds"]))
+            tp = None
+            if timing is not None:
+                d_s = timing["dense_epoch_seconds"]
+                tp = timing["pruned_epoch_seconds"][str(u["config"]["seed"])][rk]
             b = u["branches"][rk]
             grad = u["config"]["criterion"] == "gradient"
 
             def run_cost(e: int, epi_overhead: bool = False) -> Tuple[float, float]:
                 br = b[str(e)]
                 p_f = 3 * br["flops_after"] * n
-                p_s = br["epoch_seconds"] or 0.0
+                p_s = tp[str(e)] if tp is not None else (br["epoch_seconds"] or 0.0)
                 f = e * d_f + (T - e) * p_f
                 s = e * d_s + (T - e) * p_s + br["prune_seconds"]
                 if e == 0 and grad:
@@ -542,7 +641,8 @@ def costs(us: List[Dict[str, Any]], cands, predef) -> Dict[str, Any]:
             indep = [run_cost(e) for e in cands]
             vals["oracle_independent"] = (sum(c[0] for c in indep), sum(c[1] for c in indep))
             tails_f = sum((T - e) * 3 * b[str(e)]["flops_after"] * n for e in cands)
-            tails_s = sum((T - e) * (b[str(e)]["epoch_seconds"] or 0.0) + b[str(e)]["prune_seconds"] for e in cands)
+            tails_s = sum((T - e) * (tp[str(e)] if tp is not None else (b[str(e)]["epoch_seconds"] or 0.0))
+                          + b[str(e)]["prune_seconds"] for e in cands)
             vals["oracle_branched"] = ((T * d_f + tails_f) / (T * d_f), (T * d_s + tails_s) / (T * d_s))
             vals["pruned_flops_fraction"] = (b[str(u["epi_epoch"][rk])]["flops_after"] / u["dense"]["flops"], 0.0)
             for k2, (f, s) in vals.items():
@@ -587,7 +687,8 @@ def table_markdown(agg: Dict[str, Any]) -> str:
 
 
 def cost_markdown(agg: Dict[str, Any]) -> str:
-    lines = ["Training cost relative to dense training (FLOPs / wall-clock), mean over seeds. "
+    src = next(iter(agg["criteria"].values())).get("wall_clock_source", "in-run")
+    lines = [f"Training cost relative to dense training (FLOPs / wall-clock; wall-clock from the {src}), mean over seeds. "
              "Grid search: `indep.` = one full training per candidate epoch; `branched` = the dense run plus "
              "every branch's pruned tail (how this protocol ran it).\n",
              "| criterion | ratio | EPI's pruned net, FLOPs | init | pre-def | EPI | oracle, indep. | oracle, branched |",
@@ -748,6 +849,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default experiments/results/<mode>)")
     p.add_argument("--no-yield", dest="yield_to_benchmarks", action="store_false",
                    help="do not pause while `pgrep -f benchmarks` finds a benchmark running")
+    p.add_argument("--timing", action="store_true",
+                   help="after the runs, time an epoch of the dense and of every pruned network in one quiet process "
+                   "(timing_<setting>.json); the cost table then takes its wall-clock from there")
     p.add_argument("--aggregate-only", action="store_true", help="rebuild tables and figures from the unit files")
     return p
 
@@ -882,7 +986,15 @@ def main(argv=None) -> int:
         crits = {u["config"]["criterion"] for u in units}
         if not units:
             continue
-        agg = aggregate(units, tag)
+        timing = None
+        tpath = os.path.join(out, f"timing_{tag}.json")
+        if args.timing and not os.path.exists(tpath):
+            print(f"timing pass for {tag} ...", flush=True)
+            _atomic_json(tpath, timing_pass(units))
+        if os.path.exists(tpath):
+            with open(tpath) as f:
+                timing = json.load(f)
+        agg = aggregate(units, tag, timing)
         agg["data"] = units[0]["data"]
         agg["unit_seconds"] = sum(u["unit_seconds"] for u in units)
         summary["settings"][tag] = agg
