@@ -228,15 +228,17 @@ class EPIPruner:
 
     # -- the training-loop hooks ------------------------------------------------------------------
     def accumulate(self, scaler: Any = None) -> None:
-        """Call once per optimizer step, after backward (and after `scaler.unscale_`).
+        """Call once per optimizer step, after backward (with AMP: after `scaler.unscale_`).
 
         Taylor criteria add this step's scores in one fused call with no host synchronisation
-        (after the t = 0 capture). Pass `scaler` only if the gradients still carry its scale.
+        (after the t = 0 capture). With AMP pass the `GradScaler`: the step is then skipped
+        exactly when the scaler skips the optimizer step (an inf/NaN in any gradient of the
+        optimizer, scored or not); before `unscale_` the scale is divided out on the device.
         Magnitude criteria, and any call after the prune: nothing to do.
         """
         if self._taylor is None or self._pruned:
             return
-        self._taylor.step(scaler)
+        self._taylor.step(scaler, self.optimizer)
         if not self._t0_recorded:
             self._capture_t0()
 

@@ -179,6 +179,28 @@ def magnitude_scores(layout: GroupLayout, criterion: str = "magnitude", reduce: 
     return _reduce(plan, scores, reduce)
 
 
+def _scaler_factor(scaler, optimizer, device):
+    """The factor that turns this step's gradients into unscaled ones, as a one-element device
+    tensor, or None: 1/scale before unscale_; after it, 1 or +inf when the scaler found an
+    inf/NaN anywhere in the optimizer's gradients (+inf makes the step non-finite, hence
+    skipped). Reads GradScaler's per-optimizer state, stable since torch 1.6."""
+    if scaler is None or not scaler.is_enabled():
+        return None
+    state = getattr(scaler, "_per_optimizer_states", {}).get(id(optimizer)) if optimizer is not None else None
+    stage = getattr(state.get("stage"), "name", None) if state else None
+    if stage == "UNSCALED":
+        found = [f.to(device=device, dtype=torch.float32) for f in state["found_inf_per_device"].values()]
+        if not found:
+            return None
+        flag = torch.stack(found).sum().clamp(max=1.0)
+        return (1.0 / (1.0 - flag)).reshape(1)
+    scale = scaler._get_scale_async() if hasattr(scaler, "_get_scale_async") else scaler._scale
+    if scale is None:
+        return None
+    # Reciprocal on device: reading the scale on the host would synchronise.
+    return scale.double().reciprocal().float().reshape(1).to(device)
+
+
 class TaylorAccumulator:
     """First-order Taylor scores accumulated over optimizer steps, in the layout's order.
 
@@ -204,11 +226,14 @@ class TaylorAccumulator:
         module, attrs = self.plan.sources[0]
         return module, attrs[0]
 
-    def step(self, scaler=None) -> None:
+    def step(self, scaler=None, optimizer=None) -> None:
         """Add this step's Taylor terms; call once per optimizer step, after backward.
 
-        Gradients must be unscaled, or pass the `GradScaler` whose scale they still carry (do
-        not pass it after `scaler.unscale_`). Parameters without a gradient are left out.
+        With a `GradScaler`, pass it (and the optimizer): before `scaler.unscale_(optimizer)`
+        the gradients are divided by the scale on the device; after it they are taken as they
+        are, and the scaler's own verdict (an inf/NaN in any of the optimizer's gradients,
+        scored or not) skips this step too, so the Taylor scores skip exactly the steps that
+        the optimizer skips. Parameters without a gradient are left out. No host sync.
         """
         params, grads, offsets = [], [], []
         for (module, attrs), off in zip(self.plan.sources, self.plan.offsets):
@@ -220,12 +245,7 @@ class TaylorAccumulator:
                     offsets.append(off)
         if not params:
             raise RuntimeError("no scored parameter has a gradient: call step() after loss.backward()")
-        inv_scale = None
-        if scaler is not None and scaler.is_enabled():
-            scale = scaler._get_scale_async() if hasattr(scaler, "_get_scale_async") else scaler._scale
-            if scale is not None:
-                # Reciprocal on device: reading the scale on the host would synchronise.
-                inv_scale = scale.double().reciprocal().float().reshape(1)
+        inv_scale = _scaler_factor(scaler, optimizer, self.acc.device)
         ops.taylor_accumulate_(self.acc, self._skipped, params, grads, offsets, self.mode, inv_scale)
         self.steps += 1
 

@@ -40,7 +40,7 @@ def make(criterion="magnitude", lr=0.1, seed=0, **kw):
     return model, opt, EPIPruner(model, opt, 0.5, X0, criterion=criterion, **kw)
 
 
-def run_epochs(model, opt, pruner, first, last, scaler=None, on_step=None):
+def run_epochs(model, opt, pruner, first, last, scaler=None, on_step=None, pass_scaler=False):
     """Train epochs first..last; `on_step(epoch, step, model)` runs after each backward and may
     poison gradients (returning True skips that optimizer step). The batch order depends only on the epoch, so a run resumed
     at an epoch boundary sees the same batches as an uninterrupted one."""
@@ -62,7 +62,7 @@ def run_epochs(model, opt, pruner, first, last, scaler=None, on_step=None):
                 if on_step:
                     on_step(epoch, step, model)
                 scaler.unscale_(opt)
-                pruner.accumulate()
+                pruner.accumulate(scaler if pass_scaler else None)
                 scaler.step(opt)
                 scaler.update()
         if pruner.epoch_end():
@@ -214,6 +214,35 @@ def test_gradient_with_grad_scaler_on_cpu():
     assert float(scaler.get_scale()) == 2.0 ** 15
     assert pruner.prune_epoch == 5 and len(pruner.epi) == 6
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_grad_scaler_skip_of_an_unscored_parameter_skips_the_taylor_step():
+    # The inf lands in the classifier, whose weights are not scored: only the scaler sees it.
+    # Passing the scaler makes the pruner skip the same step as the optimizer.
+    model, opt, pruner = make(criterion="taylor", deadline_epoch=3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, growth_interval=10 ** 6)
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+
+    def overflow_head(epoch, step, model):
+        if epoch == 2 and step in (0, 1):
+            head.weight.grad[0, 0] = float("nan")
+
+    run_epochs(model, opt, pruner, 1, 3, scaler=scaler, on_step=overflow_head, pass_scaler=True)
+    assert pruner.skipped_steps == 2
+    assert float(scaler.get_scale()) == 2.0 ** 14
+
+
+def test_grad_scaler_passed_before_unscale_divides_the_scale_out():
+    model, opt, pruner = make(criterion="taylor")
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    loss = F.cross_entropy(model(X[:B]), Y[:B])
+    scaler.scale(loss).backward()
+    pruner._taylor.step(scaler, opt)
+    scaled = pruner._taylor.acc.clone()
+    pruner._taylor.reset()
+    scaler.unscale_(opt)
+    pruner._taylor.step(scaler, opt)
+    torch.testing.assert_close(scaled, pruner._taylor.acc, rtol=1e-5, atol=0)
 
 
 # -- checkpoint / resume ----------------------------------------------------------------------------
