@@ -115,17 +115,24 @@ def write_table(rows: list[dict], path: str, seconds: float) -> None:
 
 
 NOTES = """
+- "works" means the pruned model runs and gives 10 outputs; that pruning equals masking is
+  checked in `tests/test_surgery.py` for resnet18/50, mobilenet_v2/v3_small, vgg11_bn,
+  densenet121, resnext50_32x4d and the in-repo models. ConvNeXt, ViT, EfficientNet and RegNet
+  run after pruning but their equivalence (LayerNorm, layer-scale and class-token parameters,
+  attention) is not tested here.
 - "kept" is params after / before. A ratio counts group neurons, not parameters: a neuron of a
-  wide late layer carries more parameters than one of an early layer, so the parameter
-  reduction differs from the ratio.
+  wide late layer carries more parameters than one of an early layer, and with
+  `reduce="sum"` a residual neuron shared by many layers outscores lone channels, so lone
+  inner convolutions go first and the parameter reduction differs from the ratio.
 - Grouped convolutions (ResNeXt, RegNet) are pruned alike in every convolution group: such a
   group neuron ties `groups` channels, and its score is the mean over the copies.
 - Modules that only run in training mode (GoogLeNet/Inception auxiliary heads) are not seen by
   Torch-Pruning's trace, which runs in eval mode; their input channels are not pruned, so the
-  pruned model works in eval mode only. Build such models with `aux_logits=False` before pruning.
-- Attention models (ViT, Swin, MaxViT) and others marked "no" fail inside Torch-Pruning's
-  dependency graph or pruning functions, or give a model that no longer runs; the note
-  gives the first error.
+  pruned model runs in eval mode only (`prune` warns). Build such models with
+  `aux_logits=False` before pruning.
+- ShuffleNetV2: Torch-Pruning 1.6.0's index mapping of the channel shuffle (reshape/transpose)
+  divides by zero while building the graph. Swin (v1, v2) and MaxViT: the graph build fails
+  (TypeError inside Torch-Pruning) or does not finish within 300 s on one CPU thread.
 """
 
 
