@@ -148,26 +148,29 @@ void parallel_blocks(const Rows& r, Fn fn) {
   });
 }
 
-// LSD radix sort of 32-bit keys, 8 bits a pass; passes whose digit is the same for every key
-// are skipped (scores of one sign and similar magnitude share their top byte).
+// LSD radix sort of 32-bit keys in three passes of 11 bits (2,048 bins: the histograms stay in
+// L1); a pass whose digit is the same for every key is skipped.
 void radix_sort(std::vector<uint32_t>& keys) {
+  constexpr int kBits = 11, kBins = 1 << kBits, kPasses = 3;
   const size_t n = keys.size();
   if (n < 2) return;
   std::vector<uint32_t> tmp(n);
-  size_t hist[4][256] = {};
+  std::vector<uint32_t> hist(kPasses * kBins, 0);
   for (uint32_t k : keys)
-    for (int d = 0; d < 4; ++d) ++hist[d][(k >> (8 * d)) & 0xffu];
+    for (int d = 0; d < kPasses; ++d) ++hist[d * kBins + ((k >> (kBits * d)) & (kBins - 1))];
   uint32_t* src = keys.data();
   uint32_t* dst = tmp.data();
-  for (int d = 0; d < 4; ++d) {
-    if (hist[d][(src[0] >> (8 * d)) & 0xffu] == n) continue;
-    size_t pos[256];
-    size_t acc = 0;
-    for (int b = 0; b < 256; ++b) {
-      pos[b] = acc;
-      acc += hist[d][b];
+  for (int d = 0; d < kPasses; ++d) {
+    uint32_t* h = hist.data() + d * kBins;
+    const int shift = kBits * d;
+    if (h[(src[0] >> shift) & (kBins - 1)] == n) continue;
+    uint32_t acc = 0;
+    for (int b = 0; b < kBins; ++b) {
+      const uint32_t c = h[b];
+      h[b] = acc;
+      acc += c;
     }
-    for (size_t i = 0; i < n; ++i) dst[pos[(src[i] >> (8 * d)) & 0xffu]++] = src[i];
+    for (size_t i = 0; i < n; ++i) dst[h[(src[i] >> shift) & (kBins - 1)]++] = src[i];
     std::swap(src, dst);
   }
   if (src != keys.data()) std::copy(src, src + n, keys.data());
@@ -340,11 +343,14 @@ std::tuple<at::Tensor, at::Tensor> global_masks_cpu(const at::Tensor& scores_in,
 
   // One radix sort of the removable keys serves every ratio: the k-th smallest key v is
   // sorted[k - 1]; every channel below v goes, and of the channels equal to v the lowest
-  // indices go until k are removed.
+  // indices go until k are removed. Protected channels take the key 0xffffffff, which no
+  // NaN-free score maps to and which is above every removable key.
+  constexpr uint32_t kKept = 0xffffffffu;
   std::vector<uint32_t> pool;
   pool.reserve(n);
-  for (int64_t i = 0; i < n; ++i)
-    if (!protect[i]) pool.push_back(fkey[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    if (protect[i]) fkey[i] = kKept; else pool.push_back(fkey[i]);
+  }
   radix_sort(pool);
 
   at::Tensor masks = at::empty({m, n}, scores.options().dtype(at::kBool));
@@ -362,13 +368,14 @@ std::tuple<at::Tensor, at::Tensor> global_masks_cpu(const at::Tensor& scores_in,
         continue;
       }
       const uint32_t v = pool[k - 1];
-      int64_t quota = k - (std::lower_bound(pool.begin(), pool.end(), v) - pool.begin());
       th[j] = order_key_float(v);
+      // Branch-free: scores fall on either side of v at random, which defeats prediction.
+      int64_t quota = k - (std::lower_bound(pool.begin(), pool.end(), v) - pool.begin());
       for (int64_t i = 0; i < n; ++i) {
         const uint32_t key = fkey[i];
-        bool removed = !protect[i] && key <= v;
-        if (removed && key == v) removed = quota-- > 0;
-        row[i] = !removed;
+        const int64_t take = (key == v) & (quota > 0);
+        quota -= take;
+        row[i] = !((key < v) | take);
       }
     }
   });
