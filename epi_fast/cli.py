@@ -21,8 +21,9 @@ import shutil
 import sys
 import tempfile
 import time
-import traceback
 from typing import Any, Dict, List, Optional, Sequence
+
+from ._cli_errors import one_line, run_reporting_errors
 
 __all__ = ["main", "build_parser", "UsageError", "TRAIN_DEFAULTS"]
 
@@ -529,10 +530,6 @@ def _train(args, outdir: str) -> None:
 
 # -- entry point -----------------------------------------------------------------------------------
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text or type(e).__name__
-
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -541,7 +538,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = parser.parse_args(argv)
     except UsageError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except SystemExit as e:  # --help, --version
         return int(e.code or 0)
@@ -555,22 +552,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from . import cli_prune
 
         func = cli_prune.run
-    try:
-        return int(func(args) or 0)
-    except UsageError as e:
-        if debug:
-            traceback.print_exc()
-        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if debug:
-            traceback.print_exc()
-        kind = "" if isinstance(e, (RuntimeError, OSError, ValueError)) else f"{type(e).__name__}: "
-        print(f"{prog}: error: {kind}{_one_line(e)}", file=sys.stderr)
-        return 1
+    return run_reporting_errors(prog, debug, lambda: func(args), (UsageError,))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ import argparse
 import json
 import os
 import sys
-import traceback
 from typing import Optional, Sequence
+
+from ._cli_errors import one_line, run_reporting_errors
 
 PROG = "epi-fast prune"
 CRITERIA = ("l2", "l1", "bn", "magnitude")
@@ -152,32 +153,16 @@ def _prune(args) -> dict:
     return summary
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
-
 
 def run(args) -> int:
     """Run `epi-fast prune` with parsed arguments; returns the exit status."""
     debug = bool(getattr(args, "debug", False))
-    try:
-        summary = _prune(args)
-    except PruneUsageError as err:
-        if debug:
-            traceback.print_exc()
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:
-        if debug:
-            traceback.print_exc()
-        kind = "" if isinstance(err, (ValueError, OSError, RuntimeError)) else f"{type(err).__name__}: "
-        print(f"{PROG}: error: {kind}{_one_line(err)}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary, indent=2))
-    return 0
+
+    def prune_and_print() -> int:
+        print(json.dumps(_prune(args), indent=2))
+        return 0
+
+    return run_reporting_errors(PROG, debug, prune_and_print, (PruneUsageError,))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -185,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except PruneUsageError as err:
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except SystemExit as err:  # --help
         return int(err.code or 0)

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from .graph import unwrap_model
+from .report import atomic_write
 
 __all__ = ["FORMAT", "save_pruned", "load_pruned"]
 
@@ -94,18 +94,7 @@ def save_pruned(model: nn.Module, path, arch=None) -> str:
         "modules": modules,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".model.pt.", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f))
     return path
 
 
