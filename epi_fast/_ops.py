@@ -68,12 +68,7 @@ def layer_counts(masks, segment_sizes) -> torch.Tensor:
 
 
 def mask_overlap(a, b, segment_sizes=None):
-    a = V.masks_matrix(a, "a")
-    b = V.masks_matrix(b, "b")
-    if a.shape != b.shape:
-        raise ValueError(f"a has shape {tuple(a.shape)} but b {tuple(b.shape)}")
-    if a.device != b.device:
-        raise ValueError(f"a is on {a.device} but b on {b.device}")
+    a, b = V.mask_pair(a, b)
     sizes = [] if segment_sizes is None else V.segment_sizes(segment_sizes, a.shape[1])
     return _ops.mask_overlap(a, b, sizes)
 

@@ -170,6 +170,17 @@ def masks_matrix(masks, name: str = "masks") -> torch.Tensor:
     return masks
 
 
+def mask_pair(a, b) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two masks to compare: bool [ratios, channels] each, same shape, same device."""
+    a = masks_matrix(a, "a")
+    b = masks_matrix(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"a has shape {tuple(a.shape)} but b {tuple(b.shape)}")
+    if a.device != b.device:
+        raise ValueError(f"a is on {a.device} but b on {b.device}")
+    return a, b
+
+
 def group_index(scores: torch.Tensor, group_ptr, member_idx) -> None:
     for name, t in (("group_ptr", group_ptr), ("member_idx", member_idx)):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != 1:
