@@ -12,6 +12,11 @@
 #define EPI_FAST_TORCH_PATCH 0
 #endif
 
+namespace epi_fast {
+std::string cpu_simd();          // ops_cpu.cpp
+bool set_cpu_simd(bool enabled);  // ops_cpu.cpp
+}  // namespace epi_fast
+
 // No argument is called "mode": torch's functionalisation of in-place operators passes its own
 // keyword of that name while tracing, which collides under torch.compile.
 TORCH_LIBRARY(epi_fast, m) {
@@ -31,6 +36,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.attr("torch_version") = std::to_string(EPI_FAST_TORCH_MAJOR) + "." +
                                  std::to_string(EPI_FAST_TORCH_MINOR) + "." +
                                  std::to_string(EPI_FAST_TORCH_PATCH);
+  module.def("cpu_simd", &epi_fast::cpu_simd,
+             "The CPU row kernels in use: 'avx2' (picked at run time where the CPU has AVX2 and F16C) "
+             "or 'portable'.");
+  module.def("set_cpu_simd", &epi_fast::set_cpu_simd, pybind11::arg("enabled"),
+             "Allow (True) or forbid (False) the AVX2 CPU row kernels; returns the previous setting. "
+             "Both give the same bits; this exists to test and time them against each other.");
 #ifdef EPI_FAST_WITH_CUDA
   module.attr("cuda_kernels_built") = true;
 #else

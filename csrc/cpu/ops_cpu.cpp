@@ -4,6 +4,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <string>
 #include <numeric>
 #include <vector>
 
@@ -12,61 +14,167 @@
 
 namespace epi_fast {
 
-// Row-block kernels, compiled twice (AVX2 and baseline x86-64) and picked at load time by the
-// CPU's capabilities: the wheel runs anywhere, and AVX2 machines read at full bandwidth. They
-// live outside the anonymous namespace because GCC's ifunc resolvers need external symbols.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EPI_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+// Row-block kernels: a portable version, and an AVX2 one picked at run time where the CPU has
+// AVX2 and F16C (the wheel runs anywhere; AVX2 machines read at full bandwidth). Both put
+// element j of a row in lane j % 16 and fold the lanes in kernel_math.h's fixed tree, so they
+// return the same bits; set_cpu_simd(false) forces the portable one (the tests compare them).
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define EPI_HAVE_AVX2 1
+#include <immintrin.h>
+#define EPI_AVX2 __attribute__((target("avx2,f16c")))
 #else
-#define EPI_CPU_CLONES
+#define EPI_HAVE_AVX2 0
 #endif
 
 namespace cpu_rows {
-#define EPI_SCORE_ROWS(NAME, KIND, T)                                                   \
-  EPI_CPU_CLONES void NAME(const T* data, int64_t cols, int64_t rows, float* out) {     \
-    for (int64_t r = 0; r < rows; ++r)                                                  \
-      out[r] = score_finish(row_score_sum<KIND>(data + r * cols, cols), KIND);          \
+
+std::atomic<bool> g_simd_enabled{true};
+
+bool cpu_has_avx2() {
+#if EPI_HAVE_AVX2
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  return has;
+#else
+  return false;
+#endif
+}
+
+bool use_avx2() { return g_simd_enabled.load(std::memory_order_relaxed) && cpu_has_avx2(); }
+
+template <ScoreKind K, typename T>
+void score_rows_portable(const T* data, int64_t cols, int64_t rows, float* out) {
+  for (int64_t r = 0; r < rows; ++r) out[r] = score_finish(row_score_sum<K>(data + r * cols, cols), K);
+}
+
+template <typename T>
+void dot_rows_portable(const T* a, const T* b, int64_t cols, int64_t rows, float* out) {
+  for (int64_t r = 0; r < rows; ++r) out[r] = row_dot(a + r * cols, b + r * cols, cols);
+}
+
+#if EPI_HAVE_AVX2
+// Eight elements widened to float32 (exact for every input dtype).
+EPI_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+EPI_AVX2 inline __m256 load8(const at::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+EPI_AVX2 inline __m256 load8(const at::BFloat16* p) {
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
+// The last `rem` (1..15) elements of a row as two vectors for lanes 0-7 and 8-15, +0 past the
+// end. float32 uses masked loads, which read nothing past the row; 16-bit types go through a
+// small zeroed buffer.
+EPI_AVX2 inline __m256i lane_mask(int64_t count) {  // lanes < count set; count in [0, 8]
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+EPI_AVX2 inline void load_tail(const float* p, int64_t rem, __m256& lo, __m256& hi) {
+  lo = _mm256_maskload_ps(p, lane_mask(rem < 8 ? rem : 8));
+  hi = rem > 8 ? _mm256_maskload_ps(p + 8, lane_mask(rem - 8)) : _mm256_setzero_ps();
+}
+template <typename T>
+EPI_AVX2 inline void load_tail(const T* p, int64_t rem, __m256& lo, __m256& hi) {
+  alignas(32) float buf[16] = {};
+  for (int64_t l = 0; l < rem; ++l) buf[l] = static_cast<float>(p[l]);
+  lo = _mm256_load_ps(buf);
+  hi = _mm256_load_ps(buf + 8);
+}
+
+template <ScoreKind K>
+EPI_AVX2 inline __m256 term8(__m256 x) {
+  if (K == ScoreKind::L2) return _mm256_mul_ps(x, x);
+  return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);  // |x|
+}
+
+// fold_lanes for lanes 0-7 in `lo` and 8-15 in `hi`.
+EPI_AVX2 inline float fold8x2(__m256 lo, __m256 hi) {
+  const __m256 a = _mm256_add_ps(lo, hi);                                           // l + (l+8)
+  __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));  // l + (l+4)
+  b = _mm_add_ps(b, _mm_movehl_ps(b, b));                                           // 0+2, 1+3
+  return _mm_cvtss_f32(_mm_add_ss(b, _mm_shuffle_ps(b, b, 1)));                    // (0+2)+(1+3)
+}
+
+template <ScoreKind K, typename T>
+EPI_AVX2 void score_rows_avx2(const T* data, int64_t cols, int64_t rows, float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = data + r * cols;
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= cols; j += 16) {
+      lo = _mm256_add_ps(lo, term8<K>(load8(row + j)));
+      hi = _mm256_add_ps(hi, term8<K>(load8(row + j + 8)));
+    }
+    if (j < cols) {
+      __m256 tlo, thi;
+      load_tail(row + j, cols - j, tlo, thi);
+      lo = _mm256_add_ps(lo, term8<K>(tlo));
+      hi = _mm256_add_ps(hi, term8<K>(thi));
+    }
+    out[r] = score_finish(fold8x2(lo, hi), K);
   }
-#define EPI_DOT_ROWS(NAME, T)                                                           \
-  EPI_CPU_CLONES void NAME(const T* a, const T* b, int64_t cols, int64_t rows, float* out) { \
-    for (int64_t r = 0; r < rows; ++r) out[r] = row_dot(a + r * cols, b + r * cols, cols); \
+}
+
+template <typename T>
+EPI_AVX2 void dot_rows_avx2(const T* a, const T* b, int64_t cols, int64_t rows, float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* ra = a + r * cols;
+    const T* rb = b + r * cols;
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= cols; j += 16) {
+      lo = _mm256_add_ps(lo, _mm256_mul_ps(load8(ra + j), load8(rb + j)));
+      hi = _mm256_add_ps(hi, _mm256_mul_ps(load8(ra + j + 8), load8(rb + j + 8)));
+    }
+    if (j < cols) {
+      __m256 alo, ahi, blo, bhi;
+      load_tail(ra + j, cols - j, alo, ahi);
+      load_tail(rb + j, cols - j, blo, bhi);
+      lo = _mm256_add_ps(lo, _mm256_mul_ps(alo, blo));
+      hi = _mm256_add_ps(hi, _mm256_mul_ps(ahi, bhi));
+    }
+    out[r] = fold8x2(lo, hi);
   }
-EPI_SCORE_ROWS(l1_f32, ScoreKind::L1, float)
-EPI_SCORE_ROWS(l2_f32, ScoreKind::L2, float)
-EPI_SCORE_ROWS(abs_f32, ScoreKind::Abs, float)
-EPI_SCORE_ROWS(l1_f16, ScoreKind::L1, at::Half)
-EPI_SCORE_ROWS(l2_f16, ScoreKind::L2, at::Half)
-EPI_SCORE_ROWS(abs_f16, ScoreKind::Abs, at::Half)
-EPI_SCORE_ROWS(l1_bf16, ScoreKind::L1, at::BFloat16)
-EPI_SCORE_ROWS(l2_bf16, ScoreKind::L2, at::BFloat16)
-EPI_SCORE_ROWS(abs_bf16, ScoreKind::Abs, at::BFloat16)
-EPI_DOT_ROWS(dot_f32, float)
-EPI_DOT_ROWS(dot_f16, at::Half)
-EPI_DOT_ROWS(dot_bf16, at::BFloat16)
-#undef EPI_SCORE_ROWS
-#undef EPI_DOT_ROWS
+}
+#endif  // EPI_HAVE_AVX2
 
 template <typename T>
 using ScoreRows = void (*)(const T*, int64_t, int64_t, float*);
+template <typename T>
+using DotRows = void (*)(const T*, const T*, int64_t, int64_t, float*);
 
 template <typename T>
-struct ForType;
-template <>
-struct ForType<float> {
-  static constexpr ScoreRows<float> score[3] = {l1_f32, l2_f32, abs_f32};
-  static constexpr auto dot = dot_f32;
-};
-template <>
-struct ForType<at::Half> {
-  static constexpr ScoreRows<at::Half> score[3] = {l1_f16, l2_f16, abs_f16};
-  static constexpr auto dot = dot_f16;
-};
-template <>
-struct ForType<at::BFloat16> {
-  static constexpr ScoreRows<at::BFloat16> score[3] = {l1_bf16, l2_bf16, abs_bf16};
-  static constexpr auto dot = dot_bf16;
-};
+ScoreRows<T> score_rows(ScoreKind kind) {
+#if EPI_HAVE_AVX2
+  if (use_avx2()) {
+    switch (kind) {
+      case ScoreKind::L1: return score_rows_avx2<ScoreKind::L1, T>;
+      case ScoreKind::L2: return score_rows_avx2<ScoreKind::L2, T>;
+      default: return score_rows_avx2<ScoreKind::Abs, T>;
+    }
+  }
+#endif
+  switch (kind) {
+    case ScoreKind::L1: return score_rows_portable<ScoreKind::L1, T>;
+    case ScoreKind::L2: return score_rows_portable<ScoreKind::L2, T>;
+    default: return score_rows_portable<ScoreKind::Abs, T>;
+  }
+}
+
+template <typename T>
+DotRows<T> dot_rows() {
+#if EPI_HAVE_AVX2
+  if (use_avx2()) return dot_rows_avx2<T>;
+#endif
+  return dot_rows_portable<T>;
+}
 }  // namespace cpu_rows
+
+// Which row kernels the CPU ops use: "avx2" or "portable". Exposed through the Python module.
+std::string cpu_simd() { return cpu_rows::use_avx2() ? "avx2" : "portable"; }
+
+// Enables or disables the AVX2 row kernels (where the CPU has them); returns the previous
+// setting. For tests and benchmarks that compare the two.
+bool set_cpu_simd(bool enabled) { return cpu_rows::g_simd_enabled.exchange(enabled); }
 
 namespace {
 
@@ -148,32 +256,108 @@ void parallel_blocks(const Rows& r, Fn fn) {
   });
 }
 
-// LSD radix sort of 32-bit keys in three passes of 11 bits (2,048 bins: the histograms stay in
-// L1); a pass whose digit is the same for every key is skipped.
-void radix_sort(std::vector<uint32_t>& keys) {
-  constexpr int kBits = 11, kBins = 1 << kBits, kPasses = 3;
-  const size_t n = keys.size();
-  if (n < 2) return;
-  std::vector<uint32_t> tmp(n);
-  std::vector<uint32_t> hist(kPasses * kBins, 0);
-  for (uint32_t k : keys)
-    for (int d = 0; d < kPasses; ++d) ++hist[d * kBins + ((k >> (kBits * d)) & (kBins - 1))];
-  uint32_t* src = keys.data();
-  uint32_t* dst = tmp.data();
-  for (int d = 0; d < kPasses; ++d) {
-    uint32_t* h = hist.data() + d * kBins;
-    const int shift = kBits * d;
-    if (h[(src[0] >> shift) & (kBins - 1)] == n) continue;
-    uint32_t acc = 0;
-    for (int b = 0; b < kBins; ++b) {
-      const uint32_t c = h[b];
-      h[b] = acc;
-      acc += c;
-    }
-    for (size_t i = 0; i < n; ++i) dst[h[(src[i] >> shift) & (kBins - 1)]++] = src[i];
-    std::swap(src, dst);
+// The k-th smallest of a set of 32-bit keys, for several k at once, by radix select over the
+// keys' own range: the digit of a key is (key - min) >> shift, with the shift that spreads
+// [min, max] over the histogram, so the skewed keys of real scores (a few exponents) still land
+// in many buckets. Protected channels carry the sentinel key 0xffffffff; it is left out of max
+// and lands in the last bucket. Only the buckets that hold a wanted rank are gathered and
+// examined further. Each level reads its keys three times (min/max, histogram, gather), so 9
+// ratios cost about as much as 1.
+struct RankKey {
+  uint32_t value;  // the k-th smallest key
+  int64_t below;   // keys strictly below it
+  int64_t equal;   // keys equal to it
+};
+
+constexpr uint32_t kKeptKey = 0xffffffffu;
+
+// ranks: ascending, distinct, each in [1, n], relative to this key set; `below` is the number of
+// keys of the whole problem below this set. Writes out[i] for ranks[i].
+void select_ranks(const uint32_t* __restrict keys, int64_t n, const int64_t* ranks, int64_t count,
+                  int64_t below, RankKey* out) {
+  uint32_t lo = kKeptKey, hi = 0;
+  bool sentinel = false;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t k = keys[i];
+    lo = std::min(lo, k);
+    sentinel |= k == kKeptKey;
+    hi = std::max(hi, k == kKeptKey ? uint32_t{0} : k);
   }
-  if (src != keys.data()) std::copy(src, src + n, keys.data());
+  if (lo == kKeptKey || (lo == hi && !sentinel)) {  // every key is equal
+    for (int64_t i = 0; i < count; ++i) out[i] = {lo, below, n};
+    return;
+  }
+  if (n <= 64) {  // a few keys: sort them
+    std::vector<uint32_t> v(keys, keys + n);
+    std::sort(v.begin(), v.end());
+    for (int64_t i = 0; i < count; ++i) {
+      const uint32_t x = v[ranks[i] - 1];
+      const int64_t first = std::lower_bound(v.begin(), v.end(), x) - v.begin();
+      const int64_t last = std::upper_bound(v.begin(), v.end(), x) - v.begin();
+      out[i] = {x, below + first, last - first};
+    }
+    return;
+  }
+  const bool big = n >= 4096;
+  const int bits = big ? 11 : 8;
+  const uint32_t bins = 1u << bits, last = bins - 1;
+  const uint32_t range = hi - lo;  // every real key is in [lo, lo + range]
+  const int width = range ? 32 - __builtin_clz(range) : 0;
+  // Real keys spread over all the buckets; the last may hold real keys besides the sentinel,
+  // and a bucket's keys span less than 2^shift, so every level narrows the range.
+  const int shift = std::max(0, width - bits);
+  auto digit = [&](uint32_t k) { return std::min((k - lo) >> shift, last); };
+  // Four interleaved histograms for big sets: runs of keys in one bucket would otherwise
+  // serialise on one counter's load-add-store.
+  const int copies = big ? 4 : 1;
+  std::vector<uint32_t> hist(size_t{bins} * copies, 0);
+  if (big) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+      for (int c = 0; c < 4; ++c) ++hist[c * bins + digit(keys[i + c])];
+    for (; i < n; ++i) ++hist[digit(keys[i])];
+    for (uint32_t d = 0; d < bins; ++d) hist[d] += hist[bins + d] + hist[2 * bins + d] + hist[3 * bins + d];
+  } else {
+    for (int64_t i = 0; i < n; ++i) ++hist[digit(keys[i])];
+  }
+
+  struct Target {
+    uint32_t digit;
+    int64_t before, size, first_rank, ranks;  // ranks [first_rank, first_rank + ranks)
+  };
+  std::vector<Target> targets;
+  int64_t cum = 0, r = 0;
+  for (uint32_t d = 0; d < bins && r < count; ++d) {
+    const int64_t c = hist[d];
+    if (c && ranks[r] <= cum + c) {
+      Target t{d, cum, c, r, 0};
+      while (r < count && ranks[r] <= cum + c) ++r, ++t.ranks;
+      targets.push_back(t);
+    }
+    cum += c;
+  }
+  // One pass gathers every target bucket into one buffer (bucket t at start[t]).
+  std::vector<int64_t> start(targets.size() + 1, 0);
+  for (size_t t = 0; t < targets.size(); ++t) start[t + 1] = start[t] + targets[t].size;
+  std::vector<int32_t> slot(bins, -1);
+  for (size_t t = 0; t < targets.size(); ++t) slot[targets[t].digit] = static_cast<int32_t>(t);
+  std::vector<int64_t> pos(start.begin(), start.end() - 1);
+  std::vector<uint32_t> buffer(start.back());
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t t = slot[digit(keys[i])];
+    if (t >= 0) buffer[pos[t]++] = keys[i];
+  }
+  for (size_t ti = 0; ti < targets.size(); ++ti) {
+    const Target& t = targets[ti];
+    std::vector<int64_t> sub(t.ranks);
+    for (int64_t i = 0; i < t.ranks; ++i) sub[i] = ranks[t.first_rank + i] - t.before;
+    select_ranks(buffer.data() + start[ti], t.size, sub.data(), t.ranks, below + t.before, out + t.first_rank);
+  }
+}
+
+// row[i] = key[i] > cut, over [lo, hi): the bulk of every mask.
+void keep_above(const uint32_t* __restrict key, uint32_t cut, int64_t lo, int64_t hi, uint8_t* __restrict row) {
+  for (int64_t i = lo; i < hi; ++i) row[i] = key[i] > cut;
 }
 
 template <typename Fn>
@@ -195,7 +379,7 @@ at::Tensor channel_scores_cpu(at::TensorList tensors, c10::string_view criterion
   float* o = out.data_ptr<float>();
   dispatch_dtype(tensors[0].scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    const auto score = cpu_rows::ForType<T>::score[static_cast<int>(kind)];
+    const auto score = cpu_rows::score_rows<T>(kind);
     parallel_blocks(r, [&](size_t t, int64_t row, int64_t rows, int64_t g) {
       score(static_cast<const T*>(r.data[t]) + row * r.cols[t], r.cols[t], rows, o + g);
     });
@@ -213,8 +397,9 @@ at::Tensor taylor_raw_cpu(at::TensorList params, at::TensorList grads, at::IntAr
   std::vector<float> row_sums(r.row_start.back());
   dispatch_dtype(params[0].scalar_type(), [&](auto tag) {
     using T = decltype(tag);
+    const auto dot = cpu_rows::dot_rows<T>();
     parallel_blocks(r, [&](size_t t, int64_t row, int64_t rows, int64_t g) {
-      cpu_rows::ForType<T>::dot(static_cast<const T*>(r.data[t]) + row * r.cols[t],
+      dot(static_cast<const T*>(r.data[t]) + row * r.cols[t],
                                 static_cast<const T*>(r.grad[t]) + row * r.cols[t], r.cols[t], rows,
                                 row_sums.data() + g);
     });
@@ -303,24 +488,31 @@ std::tuple<at::Tensor, at::Tensor> global_masks_cpu(const at::Tensor& scores_in,
   TORCH_CHECK_VALUE(n < (int64_t{1} << 31), "global_masks supports up to 2^31 - 1 channels, got ", n);
   const std::vector<int64_t> offsets = segment_offsets(segment_sizes, n);
   const int64_t segments = static_cast<int64_t>(segment_sizes.size());
+  constexpr int64_t kChunk = 1 << 16;  // elements per parallel task in the linear passes
 
   const float* s = scores.data_ptr<float>();
   // 32-bit order keys: ascending score, -0.0 folded onto +0.0. The index breaks ties below.
   std::vector<uint32_t> fkey(n);
-  int64_t nans = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    nans += s[i] != s[i];
-    fkey[i] = float_order_key(s[i]);
-  }
+  std::atomic<int64_t> nan_total{0};
+  at::parallel_for(0, n, kChunk, [&](int64_t b, int64_t e) {
+    int64_t nans = 0;
+    for (int64_t i = b; i < e; ++i) {
+      nans += s[i] != s[i];
+      fkey[i] = float_order_key(s[i]);
+    }
+    nan_total += nans;
+  });
+  const int64_t nans = nan_total.load();
   TORCH_CHECK_VALUE(nans == 0, "scores contain ", nans, " NaN value", nans == 1 ? "" : "s",
                     "; masks are undefined");
   const std::vector<int64_t> ks = removal_counts(ratios, n, segment_sizes, min_keep);
   const int64_t m = static_cast<int64_t>(ks.size());
 
-  // Protected: the min_keep highest (score, index) keys of each segment.
-  std::vector<uint8_t> protect(n, 0);
+  // Protected: the min_keep highest (score, index) keys of each segment take the key
+  // 0xffffffff, which no NaN-free score maps to and which sorts above every removable key.
+  // removal_counts guarantees k <= the removable count, so the k-th smallest key is removable.
+  constexpr uint32_t kKept = kKeptKey;
   if (segments > 0 && min_keep > 0) {
-    // Partial sorts of a few thousand keys: parallel only when there is enough work.
     const int64_t grain = n >= (1 << 18) ? 1 : segments;
     at::parallel_for(0, segments, grain, [&](int64_t b, int64_t e) {
       std::vector<uint64_t> seg;
@@ -328,76 +520,106 @@ std::tuple<at::Tensor, at::Tensor> global_masks_cpu(const at::Tensor& scores_in,
         const int64_t lo = offsets[sg], size = offsets[sg + 1] - lo;
         if (size == 0) continue;
         if (size <= min_keep) {
-          std::fill(protect.begin() + lo, protect.begin() + lo + size, 1);
-          continue;
+          std::fill(fkey.begin() + lo, fkey.begin() + lo + size, kKept);
+        } else if (min_keep == 1) {  // the highest key; among equals the highest index
+          int64_t arg = lo;
+          for (int64_t i = lo + 1; i < lo + size; ++i) arg = fkey[i] >= fkey[arg] ? i : arg;
+          fkey[arg] = kKept;
+        } else {
+          seg.resize(size);
+          for (int64_t i = 0; i < size; ++i) seg[i] = (uint64_t{fkey[lo + i]} << 32) | static_cast<uint32_t>(lo + i);
+          std::nth_element(seg.begin(), seg.begin() + (size - min_keep), seg.end());
+          for (int64_t i = size - min_keep; i < size; ++i) fkey[static_cast<uint32_t>(seg[i])] = kKept;
         }
-        seg.resize(size);
-        for (int64_t i = 0; i < size; ++i) seg[i] = channel_key(s[lo + i], static_cast<uint32_t>(lo + i));
-        std::nth_element(seg.begin(), seg.begin() + (size - min_keep), seg.end());
-        const uint64_t limit = seg[size - min_keep];  // keys >= limit are protected
-        for (int64_t i = 0; i < size; ++i)
-          protect[lo + i] = channel_key(s[lo + i], static_cast<uint32_t>(lo + i)) >= limit;
       }
     });
   }
 
-  // One radix sort of the removable keys serves every ratio: the k-th smallest key v is
-  // sorted[k - 1]; every channel below v goes, and of the channels equal to v the lowest
-  // indices go until k are removed. Protected channels take the key 0xffffffff, which no
-  // NaN-free score maps to and which is above every removable key.
-  constexpr uint32_t kKept = 0xffffffffu;
-  std::vector<uint32_t> pool;
-  pool.reserve(n);
-  for (int64_t i = 0; i < n; ++i) {
-    if (protect[i]) fkey[i] = kKept; else pool.push_back(fkey[i]);
-  }
-  radix_sort(pool);
+  // The k-th smallest key v of every distinct k > 0, with the counts below and equal to it:
+  // every channel below v goes, and of the channels equal to v the lowest indices go until k
+  // are removed.
+  std::vector<int64_t> distinct;
+  for (int64_t k : ks)
+    if (k > 0) distinct.push_back(k);
+  std::sort(distinct.begin(), distinct.end());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  std::vector<RankKey> found(distinct.size());
+  if (!distinct.empty())
+    select_ranks(fkey.data(), n, distinct.data(), static_cast<int64_t>(distinct.size()), 0, found.data());
+  auto lookup = [&](int64_t k) {
+    return found[std::lower_bound(distinct.begin(), distinct.end(), k) - distinct.begin()];
+  };
 
   at::Tensor masks = at::empty({m, n}, scores.options().dtype(at::kBool));
   at::Tensor thresholds = at::empty({m}, scores.options());
   bool* mk = masks.data_ptr<bool>();
   float* th = thresholds.data_ptr<float>();
-  const int64_t grain = m * n >= (1 << 18) ? 1 : m;
-  at::parallel_for(0, m, grain, [&](int64_t b, int64_t e) {
-    for (int64_t j = b; j < e; ++j) {
-      bool* row = mk + j * n;
-      const int64_t k = ks[j];
-      if (k == 0) {
-        std::fill(row, row + n, true);
-        th[j] = -INFINITY;
-        continue;
-      }
-      const uint32_t v = pool[k - 1];
-      th[j] = order_key_float(v);
-      // Branch-free: scores fall on either side of v at random, which defeats prediction.
-      int64_t quota = k - (std::lower_bound(pool.begin(), pool.end(), v) - pool.begin());
-      for (int64_t i = 0; i < n; ++i) {
-        const uint32_t key = fkey[i];
-        const int64_t take = (key == v) & (quota > 0);
-        quota -= take;
-        row[i] = !((key < v) | take);
-      }
+  std::vector<uint32_t> cut(m, 0);  // per ratio: keys above cut[j] are kept
+  for (int64_t j = 0; j < m; ++j) {
+    if (ks[j] == 0) {
+      th[j] = -INFINITY;
+      continue;
+    }
+    const RankKey r = lookup(ks[j]);
+    th[j] = order_key_float(r.value);
+    cut[j] = r.value;
+  }
+  // Keep every key above the cut; a k == 0 row keeps everything.
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  at::parallel_for(0, m * chunks, (m * n >= (1 << 18)) ? 1 : m * chunks, [&](int64_t b, int64_t e) {
+    for (int64_t task = b; task < e; ++task) {
+      const int64_t j = task / chunks, lo = (task % chunks) * kChunk, hi = std::min(n, lo + kChunk);
+      uint8_t* row = reinterpret_cast<uint8_t*>(mk + j * n);
+      if (ks[j] == 0) std::fill(row + lo, row + hi, uint8_t{1});
+      else keep_above(fkey.data(), cut[j], lo, hi, row);
     }
   });
+  // Ties at the k-th key: when fewer than all of the channels equal to v must go, keep those
+  // past the first (k - below) by index.
+  for (int64_t j = 0; j < m; ++j) {
+    if (ks[j] == 0) continue;
+    const RankKey r = lookup(ks[j]);
+    int64_t quota = ks[j] - r.below;
+    if (quota == r.equal) continue;
+    bool* row = mk + j * n;
+    for (int64_t i = 0; i < n; ++i) {
+      if (fkey[i] != r.value) continue;
+      if (quota > 0) --quota; else row[i] = true;
+    }
+  }
   return {masks, thresholds};
 }
 
-void segment_counts_cpu(const bool* a, const bool* b, int64_t m, int64_t n,
+// Per (ratio, segment): entries set in a (and in b, where given) and, with b, entries that
+// differ. Bools are bytes of 0 or 1, summed in 32-bit blocks so that the loops vectorise.
+void segment_counts_cpu(const bool* a_in, const bool* b_in, int64_t m, int64_t n,
                         const std::vector<int64_t>& offsets, int64_t* counts, int64_t* differ) {
+  const uint8_t* a = reinterpret_cast<const uint8_t*>(a_in);
+  const uint8_t* b = reinterpret_cast<const uint8_t*>(b_in);
   const int64_t segments = static_cast<int64_t>(offsets.size()) - 1;
+  constexpr int64_t kBlock = int64_t{1} << 24;  // < 2^32 / 255: a uint32 sum cannot overflow
   // One task per (ratio, segment); a parallel region only pays off past ~256K mask entries.
   const int64_t tasks = m * segments;
   const int64_t grain = m * n >= (1 << 18) ? std::max<int64_t>(1, tasks / (4 * at::get_num_threads())) : tasks;
   at::parallel_for(0, tasks, std::max<int64_t>(grain, 1), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t j = task / segments, sg = task % segments;
-      const bool* ra = a + j * n;
-      const bool* rb = b ? b + j * n : nullptr;
+      const uint8_t* ra = a + j * n;
+      const uint8_t* rb = b ? b + j * n : nullptr;
       int64_t both = 0, diff = 0;
-      for (int64_t i = offsets[sg]; i < offsets[sg + 1]; ++i) {
-        const bool y = rb ? rb[i] : true;
-        both += ra[i] && y;
-        diff += ra[i] != y;
+      for (int64_t lo = offsets[sg]; lo < offsets[sg + 1]; lo += kBlock) {
+        const int64_t hi = std::min(offsets[sg + 1], lo + kBlock);
+        uint32_t x = 0, y = 0;
+        if (rb) {
+          for (int64_t i = lo; i < hi; ++i) {
+            x += ra[i] & rb[i];
+            y += ra[i] ^ rb[i];
+          }
+        } else {
+          for (int64_t i = lo; i < hi; ++i) x += ra[i];
+        }
+        both += x;
+        diff += y;
       }
       counts[task] = both;
       if (differ) differ[task] = diff;

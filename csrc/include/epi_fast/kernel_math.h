@@ -125,18 +125,22 @@ EPI_HD float reduce_finish(float acc, int64_t count, Reduce r) {
   return r == Reduce::Mean ? acc / static_cast<float>(count) : acc;
 }
 
-// Sum of score_term over one contiguous row with kLanes independent accumulators: the
-// lanes let the compiler vectorise and shorten the dependency chain; the fixed lane order
-// makes the result independent of threading.
+// Sum of score_term over one contiguous row. Element j goes to lane j % kLanes; the lanes are
+// folded in a fixed tree, (l, l+8) then (l, l+4) then (0+2)+(1+3), which is the order in which
+// two 8-wide vector accumulators reduce. The CPU's AVX2 kernels (ops_cpu.cpp) therefore give the
+// same bits as this portable code, and the fixed order makes results independent of threading.
+// Lanes past the end of a short row hold +0, and adding +0 changes no sum.
 constexpr int kLanes = 16;
+
+EPI_HD float fold_lanes(const float* lane) {
+  float a[8], b[4];
+  for (int l = 0; l < 8; ++l) a[l] = lane[l] + lane[l + 8];
+  for (int l = 0; l < 4; ++l) b[l] = a[l] + a[l + 4];
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
 
 template <ScoreKind K, typename T>
 EPI_HD float row_score_sum(const T* row, int64_t cols) {
-  if (cols < kLanes) {  // short rows (depthwise 3x3, BN): skip the lane set-up and fold
-    float s = 0.0f;
-    for (int64_t j = 0; j < cols; ++j) s += score_term<K>(to_float(row[j]));
-    return s;
-  }
   float lane[kLanes];
   for (int l = 0; l < kLanes; ++l) lane[l] = 0.0f;
   int64_t j = 0;
@@ -144,9 +148,7 @@ EPI_HD float row_score_sum(const T* row, int64_t cols) {
     for (int l = 0; l < kLanes; ++l) lane[l] += score_term<K>(to_float(row[j + l]));
   }
   for (int l = 0; j < cols; ++j, ++l) lane[l] += score_term<K>(to_float(row[j]));
-  float s = 0.0f;
-  for (int l = 0; l < kLanes; ++l) s += lane[l];
-  return s;
+  return fold_lanes(lane);
 }
 
 template <typename T>
@@ -160,22 +162,14 @@ EPI_HD float row_score_sum(const T* row, int64_t cols, ScoreKind kind) {
 
 template <typename T>
 EPI_HD float row_dot(const T* a, const T* b, int64_t cols) {
-  if (cols < kLanes) {
-    float s = 0.0f;
-    for (int64_t j = 0; j < cols; ++j) s += to_float(a[j]) * to_float(b[j]);
-    return s;
-  }
   float lane[kLanes];
   for (int l = 0; l < kLanes; ++l) lane[l] = 0.0f;
   int64_t j = 0;
   for (; j + kLanes <= cols; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l)
-      lane[l] += to_float(a[j + l]) * to_float(b[j + l]);
+    for (int l = 0; l < kLanes; ++l) lane[l] += to_float(a[j + l]) * to_float(b[j + l]);
   }
   for (int l = 0; j < cols; ++j, ++l) lane[l] += to_float(a[j]) * to_float(b[j]);
-  float s = 0.0f;
-  for (int l = 0; l < kLanes; ++l) s += lane[l];
-  return s;
+  return fold_lanes(lane);
 }
 
 // Index of the segment that holds position i, given offsets[0..segments] (offsets[0] = 0).
