@@ -26,6 +26,7 @@ import numbers
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -53,6 +54,10 @@ def _as_counts(counts: Any, name: str = "counts") -> List[int]:
             values = list(counts)
         except TypeError:
             raise TypeError(f"{name} must be a 1-D sequence of counts, got {type(counts).__name__}") from None
+    # Fast path (once per ratio per epoch in a training loop): plain non-negative ints, which is
+    # what an integer tensor's tolist() gives. Anything else takes the checks below.
+    if values and all(type(v) is int for v in values) and min(values) >= 0:
+        return values
     out: List[int] = []
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
@@ -80,9 +85,13 @@ def _distances(a: List[int], b: List[int]) -> List[float]:
     return [abs(x - y) / (x + y) if x + y else 0.0 for x, y in zip(a, b)]
 
 
-def _similarity(a: List[int], b: List[int]) -> float:
-    d = _distances(a, b)
-    return 1.0 - math.fsum(d) / len(d)
+def _mean_similarity(n: np.ndarray, earlier: np.ndarray) -> float:
+    """mean_j Psi(n, earlier[j]) for int64 structures, all pairs at once (the per-epoch path)."""
+    num = np.abs(earlier - n)
+    den = earlier + n
+    d = np.divide(num, den, out=np.zeros(earlier.shape), where=den != 0)  # 0/0 counts as 0
+    psi = 1.0 - d.sum(axis=1) / earlier.shape[1]
+    return math.fsum(psi.tolist()) / earlier.shape[0]
 
 
 def structure_similarity(n1: Sequence[int], n2: Sequence[int]) -> float:
@@ -124,6 +133,10 @@ class EarlyPruningIndicator:
     def reset(self) -> None:
         # Only the last `window` structures can enter a future EPI value: keep no more.
         self._structures: Deque[List[int]] = deque(maxlen=self.window)
+        # The same structures as an int64 ring (row `_slot` is the oldest), built when the
+        # window first fills: EPI is then a few array operations instead of r * L Python steps.
+        self._ring: Optional[np.ndarray] = None
+        self._slot = 0
         self._history: List[Optional[float]] = []
         self._fired_epoch: Optional[int] = None
         self._num_layers: Optional[int] = None
@@ -140,7 +153,13 @@ class EarlyPruningIndicator:
         epi: Optional[float] = None
         if len(self._structures) == self.window:
             # The stored structures were validated when they came in: compare them as they are.
-            epi = math.fsum(_similarity(n, prev) for prev in self._structures) / self.window
+            if self._ring is None:
+                self._ring = np.array(self._structures, dtype=np.int64)  # oldest first
+                self._slot = 0
+            current = np.asarray(n, dtype=np.int64)
+            epi = _mean_similarity(current, self._ring)
+            self._ring[self._slot] = current  # replaces the oldest, as the deque does below
+            self._slot = (self._slot + 1) % self.window
         t = len(self._history)
         if epi is not None and self._fired_epoch is None and self._rule_holds(epi):
             self._fired_epoch = t
