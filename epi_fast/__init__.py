@@ -20,7 +20,7 @@ from ._ops import (
     taylor_scores,
 )
 from ._version import __version__
-from .info import info
+from ._info import info
 
 _LAZY = {
     "group_layout": "graph",

@@ -1,4 +1,8 @@
-"""``python -m epi_fast.info``: what was built, and what this machine can run."""
+"""What was built, and what this machine can run: ``epi_fast.info()`` and ``python -m epi_fast.info``.
+
+Kept apart from ``epi_fast/info.py`` (the runnable module): the package imports this one, so
+running ``python -m epi_fast.info`` does not find its own module already imported.
+"""
 
 from __future__ import annotations
 
@@ -25,12 +29,10 @@ def info() -> dict:
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "ops": [name for name in OPS if hasattr(torch.ops.epi_fast, name)],
         "threads": torch.get_num_threads(),
+        "cpu_simd": _C.cpu_simd(),
     }
 
 
 def main() -> None:
     print(json.dumps(info(), indent=2))
 
-
-if __name__ == "__main__":
-    main()
