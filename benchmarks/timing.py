@@ -3,6 +3,17 @@
 CPU code is timed with time.perf_counter after warm-up; CUDA code with CUDA events recorded on
 the current stream around the call, after a device synchronisation, and read after the end
 event has completed (so asynchronous launches are counted in full).
+
+What a call finds in cache must not depend on what ran just before it: with implementations
+timed in interleaved rounds, a model that fits in the last-level cache (MobileNetV2's 14 MB in
+a 32 MB L3) would otherwise be read from DRAM by one implementation and from cache by the next.
+So every timed call starts from one of two defined states (``Budget.cache``):
+
+- ``"warm"`` (the default): the same call runs once, untimed, right before: the steady state of
+  repeated calls, data and code cached as far as they fit (the floor alike);
+- ``"cold"``: a buffer of twice the last-level cache (the CPU's L3, the GPU's L2) is
+  overwritten, untimed, right before. This evicts the data and also the interpreter's and the
+  dispatcher's own state, so fixed per-call costs weigh several times what they do in a loop.
 """
 
 from __future__ import annotations
@@ -25,6 +36,47 @@ class Budget:
     min_reps: int = 5
     max_reps: int = 30
     seconds: float = 1.0
+    cache: str = "warm"  # the state every timed call starts from: "warm" or "cold" (module doc)
+
+
+def last_level_cache_bytes(device: torch.device) -> int | None:
+    """The GPU's L2 or the CPU's largest cache (sysfs), in bytes; None where unknown."""
+    if device.type == "cuda":
+        return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)) or None
+    best = None
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        entries = os.listdir(base)
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            with open(os.path.join(base, entry, "size")) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        size = int(text[:-1]) * units[text[-1]] if text and text[-1] in units else int(text or 0)
+        best = max(best or 0, size)
+    return best
+
+
+_FLUSH: dict = {}
+
+
+def flush_bytes(device: torch.device) -> int:
+    """Size of the buffer written before each timed call: twice the last-level cache, at least
+    32 MiB (64 MiB where the cache size is unknown)."""
+    llc = last_level_cache_bytes(device)
+    return max(32 << 20, 2 * llc) if llc else 64 << 20
+
+
+def flush_caches(device: torch.device) -> None:
+    key = str(device)
+    if key not in _FLUSH:
+        _FLUSH[key] = torch.empty(flush_bytes(device) // 4, dtype=torch.int32, device=device)
+    _FLUSH[key].fill_(1)
+    sync(device)
 
 
 def _stats(times: list[float]) -> dict:
@@ -59,11 +111,18 @@ def measure(fn, device: torch.device, budget: Budget) -> dict:
     while len(times) < budget.max_reps and (
         len(times) < budget.min_reps or time.perf_counter() - start < budget.seconds
     ):
-        times.append(_time_once(fn, device))
+        times.append(_time_once(fn, device, budget.cache))
     return _stats(times)
 
 
-def _time_once(fn, device: torch.device) -> float:
+def _time_once(fn, device: torch.device, cache: str = "warm") -> float:
+    if cache == "cold":
+        flush_caches(device)
+    elif cache == "warm":
+        fn()
+        sync(device)
+    else:
+        raise ValueError(f"cache must be 'warm' or 'cold', got {cache!r}")
     if device.type == "cuda":
         begin = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
@@ -94,7 +153,7 @@ def measure_interleaved(fns: dict, device: torch.device, budget: Budget) -> dict
         rounds < budget.min_reps or time.perf_counter() - start < budget.seconds * len(fns)
     ):
         for name, fn in fns.items():
-            times[name].append(_time_once(fn, device))
+            times[name].append(_time_once(fn, device, budget.cache))
         rounds += 1
     return {name: _stats(ts) for name, ts in times.items()}
 

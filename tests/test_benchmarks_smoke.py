@@ -47,6 +47,31 @@ def test_harness_smoke(tmp_path):
     assert any(c["case"] == "score_l2" and "torch_pruning" in c["impls"] for c in results["cases"])
     assert results["memory"] and all(m["analytical_bytes"] > 0 for m in results["memory"])
     assert {t["status"] for t in results["targets"]} <= {"PASS", "FAIL", "n/a"}
+    # The target cases are timed a second time from cold caches, and reported as such.
+    cold = [c for c in results["cases"] if "cold" in c]
+    assert {c["case"] for c in cold} == set(run.COLD_CASES)
+    assert all(c["cold"]["impls"]["fused"]["median_s"] > 0 and c["cold"]["floor"]["median_s"] > 0 for c in cold)
+    assert any("[cold caches]" in t["target"] for t in results["targets"])
+    md = (tmp_path / f"{report.stem(torch.device('cpu'), 'smoke')}.md").read_text()
+    assert "## Cold caches" in md
+
+
+def test_timing_cache_states():
+    from benchmarks import timing
+
+    calls = []
+    stats = timing.measure(lambda: calls.append(1), torch.device("cpu"),
+                           timing.Budget(warmup=0, min_reps=3, max_reps=3, seconds=0.0, cache="warm"))
+    assert stats["reps"] == 3 and len(calls) == 6  # each timed call follows an untimed one
+    calls.clear()
+    timing.measure(lambda: calls.append(1), torch.device("cpu"),
+                   timing.Budget(warmup=0, min_reps=2, max_reps=2, seconds=0.0, cache="cold"))
+    assert len(calls) == 2
+    assert timing.flush_bytes(torch.device("cpu")) >= 32 << 20
+    llc = timing.last_level_cache_bytes(torch.device("cpu"))
+    assert llc is None or llc > 0
+    with pytest.raises(ValueError, match="cache"):
+        timing.measure(lambda: None, torch.device("cpu"), timing.Budget(min_reps=1, max_reps=1, cache="hot"))
 
 
 def test_file_stem_is_sanitised():
