@@ -1,9 +1,8 @@
 """python -m benchmarks.profile_cpu: where the CPU time of the fused path goes.
 
 Splits the CPU targets' misses into measurable causes, for the kernel owner:
-1. scoring load balance: at::parallel_for hands each thread an equal number of *rows*; the
-   share of *elements* the busiest thread gets, and a balanced split emulated with two Python
-   threads (the op releases the GIL) running one op each on halves of equal bytes;
+1. L2 scoring of whole models on 1 and 2 threads, with the AVX2 row kernels and with the
+   portable ones (``_C.set_cpu_simd``), against the floor and the per-layer loop;
 2. per-element throughput of the row kernel on one thread, in cache and from DRAM, against
    torch's .sum() (the floor);
 3. the cost per row of short rows (depthwise 3x3 filters: 9 elements);
@@ -17,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 import epi_fast._ops as F
+from epi_fast._ext import _C
 
 from . import cases as C
 from . import report
@@ -43,69 +42,22 @@ def t_ms(fn, reps=30, warmup=3) -> float:
     return statistics.median(ts) * 1e3
 
 
-def row_split_share(weights, threads=2) -> float:
-    """Share of elements in the largest of `threads` equal row ranges (the kernel's split)."""
-    rows = sum(w.shape[0] for w in weights)
-    chunk = -(-rows // threads)
-    per_chunk = [0] * threads
-    r = 0
-    for w in weights:
-        per_row = w[0].numel() if w.shape[0] else 0
-        for i in range(w.shape[0]):
-            per_chunk[min((r + i) // chunk, threads - 1)] += per_row
-        r += w.shape[0]
-    return max(per_chunk) / sum(per_chunk)
-
-
-def byte_halves(weights):
-    """Two lists of row slices with (nearly) equal element counts, in order."""
-    total = sum(w.numel() for w in weights)
-    a, b, acc = [], [], 0
-    for w in weights:
-        if acc >= total / 2:
-            b.append(w)
-            continue
-        per_row = max(1, w[0].numel())
-        need = int(round((total / 2 - acc) / per_row))
-        if need >= w.shape[0]:
-            a.append(w)
-            acc += w.numel()
-        else:
-            if need:
-                a.append(w[:need])
-            b.append(w[need:])
-            acc += need * per_row
-    return a, b
-
-
-def balanced_two_threads(weights, reps=30) -> float:
-    """Wall time of two Python threads, each scoring half of the bytes with one intra-op thread."""
-    a, b = byte_halves(weights)
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        def once():
-            th = threading.Thread(target=lambda: OP.channel_scores(b, "l2"))
-            th.start()
-            OP.channel_scores(a, "l2")
-            th.join()
-        return t_ms(once, reps)
-    finally:
-        torch.set_num_threads(prev)
-
-
 def scoring_profile(w: W.Workload) -> dict:
+    """Fused L2 scoring with the AVX2 and the portable row kernels, the floor and the loop."""
     ws = w.weights
-    out = {"workload": w.name, "busiest_thread_element_share_2t": row_split_share(ws)}
+    out = {"workload": w.name}
+    flat = torch.empty(sum(x.numel() for x in ws)).uniform_()
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        flat = torch.empty(sum(x.numel() for x in ws)).uniform_()
-        out[f"fused_{threads}t_ms"] = t_ms(lambda: OP.channel_scores(ws, "l2"))
+        for simd in (True, False):
+            previous = _C.set_cpu_simd(simd)
+            try:
+                out[f"fused_{'avx2' if simd else 'portable'}_{threads}t_ms"] = t_ms(lambda: OP.channel_scores(ws, "l2"))
+            finally:
+                _C.set_cpu_simd(previous)
         out[f"floor_{threads}t_ms"] = t_ms(lambda: flat.sum())
-        out[f"loop_{threads}t_ms"] = t_ms(lambda: C.loop_l2_scores(ws))
-        del flat
-    torch.set_num_threads(2)
-    out["fused_balanced_emulated_2t_ms"] = balanced_two_threads(ws)
+    out["loop_2t_ms"] = t_ms(lambda: C.loop_l2_scores(ws))
+    del flat
     return out
 
 
@@ -182,14 +134,15 @@ def overhead_profile(w: W.Workload) -> dict:
 def to_markdown(res) -> str:
     L = [f"# CPU profile of the fused path: {res['machine']}", "",
          f"torch {res['torch']}, threads {res['threads']}, load average {res['load_average']}", "",
-         "## 1. L2 scoring: thread balance", "",
-         "| model | busiest thread's share of elements (kernel's row split, 2 threads) | fused 1t ms | floor 1t ms | "
-         "fused 2t ms | floor 2t ms | loop 2t ms | fused, balanced split emulated, 2t ms |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+         "## 1. L2 scoring: AVX2 and portable row kernels (times are medians, warm)", "",
+         "| model | AVX2 1t ms | portable 1t ms | floor 1t ms | AVX2 2t ms | portable 2t ms | floor 2t ms | "
+         "loop 2t ms | AVX2 / floor, 2t |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in res["scoring"]:
-        L.append(f"| {r['workload']} | {r['busiest_thread_element_share_2t']:.0%} | {r['fused_1t_ms']:.3f} | "
-                 f"{r['floor_1t_ms']:.3f} | {r['fused_2t_ms']:.3f} | {r['floor_2t_ms']:.3f} | {r['loop_2t_ms']:.3f} | "
-                 f"{r['fused_balanced_emulated_2t_ms']:.3f} |")
+        L.append(f"| {r['workload']} | {r['fused_avx2_1t_ms']:.3f} | {r['fused_portable_1t_ms']:.3f} | "
+                 f"{r['floor_1t_ms']:.3f} | {r['fused_avx2_2t_ms']:.3f} | {r['fused_portable_2t_ms']:.3f} | "
+                 f"{r['floor_2t_ms']:.3f} | {r['loop_2t_ms']:.3f} | "
+                 f"{r['fused_avx2_2t_ms'] / r['floor_2t_ms']:.2f}x |")
     L += ["", "## 2-3. Row kernel throughput, one thread", "",
           "| data | fused ms | fused GB/s | .sum() GB/s | vector_norm(dim=1) ms | fused ns/row |",
           "| --- | --- | --- | --- | --- | --- |"]
