@@ -43,6 +43,7 @@ def last_level_cache_bytes(device: torch.device) -> int | None:
     """The GPU's L2 or the CPU's largest cache (sysfs), in bytes; None where unknown."""
     if device.type == "cuda":
         return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)) or None
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     best = None
     base = "/sys/devices/system/cpu/cpu0/cache"
     try:
@@ -55,7 +56,6 @@ def last_level_cache_bytes(device: torch.device) -> int | None:
                 text = f.read().strip()
         except OSError:
             continue
-        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
         size = int(text[:-1]) * units[text[-1]] if text and text[-1] in units else int(text or 0)
         best = max(best or 0, size)
     return best

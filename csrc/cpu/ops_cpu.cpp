@@ -511,7 +511,6 @@ std::tuple<at::Tensor, at::Tensor> global_masks_cpu(const at::Tensor& scores_in,
   // Protected: the min_keep highest (score, index) keys of each segment take the key
   // 0xffffffff, which no NaN-free score maps to and which sorts above every removable key.
   // removal_counts guarantees k <= the removable count, so the k-th smallest key is removable.
-  constexpr uint32_t kKept = kKeptKey;
   if (segments > 0 && min_keep > 0) {
     const int64_t grain = n >= (1 << 18) ? 1 : segments;
     at::parallel_for(0, segments, grain, [&](int64_t b, int64_t e) {
@@ -520,16 +519,16 @@ std::tuple<at::Tensor, at::Tensor> global_masks_cpu(const at::Tensor& scores_in,
         const int64_t lo = offsets[sg], size = offsets[sg + 1] - lo;
         if (size == 0) continue;
         if (size <= min_keep) {
-          std::fill(fkey.begin() + lo, fkey.begin() + lo + size, kKept);
+          std::fill(fkey.begin() + lo, fkey.begin() + lo + size, kKeptKey);
         } else if (min_keep == 1) {  // the highest key; among equals the highest index
           int64_t arg = lo;
           for (int64_t i = lo + 1; i < lo + size; ++i) arg = fkey[i] >= fkey[arg] ? i : arg;
-          fkey[arg] = kKept;
+          fkey[arg] = kKeptKey;
         } else {
           seg.resize(size);
-          for (int64_t i = 0; i < size; ++i) seg[i] = (uint64_t{fkey[lo + i]} << 32) | static_cast<uint32_t>(lo + i);
+          for (int64_t i = 0; i < size; ++i) seg[i] = channel_key(s[lo + i], static_cast<uint32_t>(lo + i));
           std::nth_element(seg.begin(), seg.begin() + (size - min_keep), seg.end());
-          for (int64_t i = size - min_keep; i < size; ++i) fkey[static_cast<uint32_t>(seg[i])] = kKept;
+          for (int64_t i = size - min_keep; i < size; ++i) fkey[static_cast<uint32_t>(seg[i])] = kKeptKey;
         }
       }
     });
@@ -546,24 +545,15 @@ std::tuple<at::Tensor, at::Tensor> global_masks_cpu(const at::Tensor& scores_in,
   std::vector<RankKey> found(distinct.size());
   if (!distinct.empty())
     select_ranks(fkey.data(), n, distinct.data(), static_cast<int64_t>(distinct.size()), 0, found.data());
-  auto lookup = [&](int64_t k) {
-    return found[std::lower_bound(distinct.begin(), distinct.end(), k) - distinct.begin()];
-  };
+  std::vector<RankKey> kth(m);  // per ratio (unused where k == 0)
+  for (int64_t j = 0; j < m; ++j)
+    if (ks[j] > 0) kth[j] = found[std::lower_bound(distinct.begin(), distinct.end(), ks[j]) - distinct.begin()];
 
   at::Tensor masks = at::empty({m, n}, scores.options().dtype(at::kBool));
   at::Tensor thresholds = at::empty({m}, scores.options());
   bool* mk = masks.data_ptr<bool>();
   float* th = thresholds.data_ptr<float>();
-  std::vector<uint32_t> cut(m, 0);  // per ratio: keys above cut[j] are kept
-  for (int64_t j = 0; j < m; ++j) {
-    if (ks[j] == 0) {
-      th[j] = -INFINITY;
-      continue;
-    }
-    const RankKey r = lookup(ks[j]);
-    th[j] = order_key_float(r.value);
-    cut[j] = r.value;
-  }
+  for (int64_t j = 0; j < m; ++j) th[j] = ks[j] == 0 ? -INFINITY : order_key_float(kth[j].value);
   // Keep every key above the cut; a k == 0 row keeps everything.
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   at::parallel_for(0, m * chunks, (m * n >= (1 << 18)) ? 1 : m * chunks, [&](int64_t b, int64_t e) {
@@ -571,14 +561,14 @@ std::tuple<at::Tensor, at::Tensor> global_masks_cpu(const at::Tensor& scores_in,
       const int64_t j = task / chunks, lo = (task % chunks) * kChunk, hi = std::min(n, lo + kChunk);
       uint8_t* row = reinterpret_cast<uint8_t*>(mk + j * n);
       if (ks[j] == 0) std::fill(row + lo, row + hi, uint8_t{1});
-      else keep_above(fkey.data(), cut[j], lo, hi, row);
+      else keep_above(fkey.data(), kth[j].value, lo, hi, row);
     }
   });
   // Ties at the k-th key: when fewer than all of the channels equal to v must go, keep those
   // past the first (k - below) by index.
   for (int64_t j = 0; j < m; ++j) {
     if (ks[j] == 0) continue;
-    const RankKey r = lookup(ks[j]);
+    const RankKey& r = kth[j];
     int64_t quota = ks[j] - r.below;
     if (quota == r.equal) continue;
     bool* row = mk + j * n;
