@@ -279,35 +279,36 @@ def structure_stats(w: Workload, compile_ref: bool, scores: torch.Tensor) -> Cas
     return Case("structure_stats", w.name, impls, tensors_equal, 2 * m * n, 3 * 8 * m * len(sizes), torch.bool)
 
 
-def _indicator_class():
+def _indicator_api():
+    """(EarlyPruningIndicator, update_indicators), or None where the indicator is not importable."""
     try:
-        from epi_fast.indicator import EarlyPruningIndicator
-        return EarlyPruningIndicator
+        from epi_fast.indicator import EarlyPruningIndicator, update_indicators
+        return EarlyPruningIndicator, update_indicators
     except Exception:  # noqa: BLE001 - optional: the pipeline runs without it
         return None
 
 
 def pipeline(w: Workload, compile_ref: bool, epi: bool = True) -> Case:
     """Epoch end: L2 scores -> masks at 9 ratios (segments, min_keep=1) -> per-layer counts ->
-    one small copy to the host -> EPI update per ratio (left out with epi=False, which times the
-    tensor part alone: the EPI update is the same host-side Python in every implementation)."""
+    one small copy to the host -> EPI update of the 9 indicators, as EarlyPruner does it (left
+    out with epi=False, which times the tensor part alone: the EPI update is the same host-side
+    Python in every implementation)."""
     weights, sizes = w.weights, w.sizes
-    epi_cls = _indicator_class() if epi else None
+    api = _indicator_api() if epi else None
     indicators = {}
 
     def epi_update(name, counts):
         rows = counts.tolist()  # the one device-to-host copy per epoch
-        if epi_cls is not None:
+        if api is not None:
+            epi_cls, update_all = api
             inds = indicators.get(name)
-            # Steady state of a training run: a full window, a history of tens of epochs (the
-            # firing rule scans the history, so an unbounded one would grow with every rep).
-            if inds is None or len(inds[0].history) >= 60:
+            # Steady state of a training run: a full window, a history of tens of epochs (a
+            # fresh set every 60 updates, so the history does not grow with the reps).
+            if inds is None or inds[0].epoch >= 60:
                 inds = indicators[name] = [epi_cls() for _ in RATIOS_9]
-                for ind, row in zip(inds, rows):
-                    for _ in range(ind.window):
-                        ind.update(row)
-            for ind, row in zip(inds, rows):
-                ind.update(row)
+                for _ in range(inds[0].window):
+                    update_all(inds, rows)
+            update_all(inds, rows)
         return counts
 
     def fused_pipeline():
@@ -334,12 +335,12 @@ def pipeline(w: Workload, compile_ref: bool, epi: bool = True) -> Case:
         c = torch.compile(ref_tensors)
         impls["compiled"] = lambda: epi_update("compiled", c(weights))
     notes = []
-    if epi and epi_cls is None:
+    if epi and api is None:
         notes.append("epi_fast.indicator.EarlyPruningIndicator not importable: EPI update left out")
     n = sum(sizes)
     name = "epoch_end_pipeline" if epi else "epoch_end_tensors"
     return Case(name, w.name, impls, tensors_equal, w.weight_bytes, 4 * n + 9 * n, w.dtype, notes=notes,
-                extra={"epi_update": epi_cls is not None})
+                extra={"epi_update": api is not None})
 
 
 def group_reduce_case(w: Workload, compile_ref: bool) -> Case:

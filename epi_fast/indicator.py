@@ -24,7 +24,7 @@ import importlib
 import math
 import numbers
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Sequence
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ __all__ = [
     "structure_similarity",
     "layer_distances",
     "EarlyPruningIndicator",
+    "update_indicators",
     "EarlyBirdIndicator",
 ]
 
@@ -85,13 +86,23 @@ def _distances(a: List[int], b: List[int]) -> List[float]:
     return [abs(x - y) / (x + y) if x + y else 0.0 for x, y in zip(a, b)]
 
 
+def _psi_rows(n: np.ndarray, earlier: np.ndarray) -> np.ndarray:
+    """Psi(n, earlier[..., j, :]) for int64 structures, layers on the last axis.
+
+    n is [..., L] and earlier [..., r, L]; the result is [..., r]. The layer sum runs along the
+    contiguous last axis whatever the leading shape, so one indicator and a stack of several
+    give the same bits (tests/test_indicator.py checks it)."""
+    n = n[..., None, :]
+    # Counts are >= 0, so den == 0 only where num == 0 too: dividing by max(den, 1) makes 0/0
+    # count as 0 and leaves every other quotient as it is.
+    d = np.abs(earlier - n) / np.maximum(earlier + n, 1)
+    return 1.0 - d.sum(axis=-1) / earlier.shape[-1]
+
+
 def _mean_similarity(n: np.ndarray, earlier: np.ndarray) -> float:
     """mean_j Psi(n, earlier[j]) for int64 structures, all pairs at once (the per-epoch path)."""
-    num = np.abs(earlier - n)
-    den = earlier + n
-    d = np.divide(num, den, out=np.zeros(earlier.shape), where=den != 0)  # 0/0 counts as 0
-    psi = 1.0 - d.sum(axis=1) / earlier.shape[1]
-    return math.fsum(psi.tolist()) / earlier.shape[0]
+    # fsum: correctly rounded, so the ring's slot order (not chronological) cannot matter.
+    return math.fsum(_psi_rows(n, earlier).tolist()) / earlier.shape[0]
 
 
 def structure_similarity(n1: Sequence[int], n2: Sequence[int]) -> float:
@@ -151,13 +162,24 @@ class EarlyPruningIndicator:
                 "the layer set must not change while tracking (was the model pruned? start a new indicator)"
             )
         epi: Optional[float] = None
+        current = None
         if len(self._structures) == self.window:
             # The stored structures were validated when they came in: compare them as they are.
-            if self._ring is None:
-                self._ring = np.array(self._structures, dtype=np.int64)  # oldest first
-                self._slot = 0
             current = np.asarray(n, dtype=np.int64)
-            epi = _mean_similarity(current, self._ring)
+            epi = _mean_similarity(current, self._full_ring())
+        self._commit(n, current, epi)
+        return epi
+
+    def _full_ring(self) -> np.ndarray:
+        """The window as an int64 [r, L] ring; only once the window is full."""
+        if self._ring is None:
+            self._ring = np.array(self._structures, dtype=np.int64)  # oldest first
+            self._slot = 0
+        return self._ring
+
+    def _commit(self, n: List[int], current: Optional[np.ndarray], epi: Optional[float]) -> None:
+        """Records structure n (validated; `current` is its int64 array when the ring is used)."""
+        if current is not None:
             self._ring[self._slot] = current  # replaces the oldest, as the deque does below
             self._slot = (self._slot + 1) % self.window
         t = len(self._history)
@@ -166,15 +188,24 @@ class EarlyPruningIndicator:
         self._num_layers = len(n)
         self._structures.append(n)
         self._history.append(epi)
-        return epi
 
     def _rule_holds(self, epi: float) -> bool:
         if epi < self.tau:
             return False
         if self.patience == 0:
             return True
-        defined = [v for v in self._history if v is not None]
-        return all(epi >= v for v in defined[-self.patience:])
+        # The last `patience` defined values, found from the end (the history grows by one
+        # value per epoch; the rule must not cost more each epoch).
+        seen = 0
+        for v in reversed(self._history):
+            if v is None:
+                continue
+            if epi < v:
+                return False
+            seen += 1
+            if seen == self.patience:
+                break
+        return True
 
     # -- reading -------------------------------------------------------------------------
     @property
@@ -240,6 +271,78 @@ class EarlyPruningIndicator:
             f"EarlyPruningIndicator(window={self.window}, tau={self.tau}, patience={self.patience}, "
             f"epoch={self.epoch}, fired_epoch={self.fired_epoch})"
         )
+
+
+def update_indicators(indicators: Sequence[EarlyPruningIndicator], counts: Any) -> List[Optional[float]]:
+    """Feeds one epoch's structures to several indicators: row i of `counts` to `indicators[i]`.
+
+    The result, and every indicator's state afterwards, is what `indicators[i].update(counts[i])`
+    in turn gives, bit for bit; this is the per-epoch path for several tracked ratios (one
+    [ratios, L] counts tensor per epoch), with the EPI values of all indicators whose window is
+    full computed in one array pass. `counts` is an integer tensor or array [len(indicators), L],
+    or a sequence of per-indicator count sequences. If a row is refused, no indicator has been
+    updated.
+    """
+    inds = list(indicators)
+    for i, ind in enumerate(inds):
+        if not isinstance(ind, EarlyPruningIndicator):
+            raise TypeError(f"indicators[{i}] must be an EarlyPruningIndicator, got {type(ind).__name__}")
+    if len({id(ind) for ind in inds}) != len(inds):
+        raise ValueError("indicators holds the same indicator twice; each takes one structure per epoch")
+    rows, array = _count_rows(counts, len(inds))
+    for i, (ind, n) in enumerate(zip(inds, rows)):
+        if ind._num_layers is not None and len(n) != ind._num_layers:
+            raise ValueError(
+                f"counts[{i}] has {len(n)} layers but indicators[{i}]'s earlier structures had "
+                f"{ind._num_layers}; the layer set must not change while tracking"
+            )
+    # Indicators with a full window and one (window, L) shape are computed together.
+    batch: Dict[tuple, List[int]] = {}
+    for i, (ind, n) in enumerate(zip(inds, rows)):
+        if len(ind._structures) == ind.window:
+            batch.setdefault((ind.window, len(n)), []).append(i)
+    epis: List[Optional[float]] = [None] * len(inds)
+    currents: List[Optional[np.ndarray]] = [None] * len(inds)
+    for (window, _), members in batch.items():
+        if array is not None:
+            current = array if len(members) == len(inds) else array[members]
+        else:
+            current = np.array([rows[i] for i in members], dtype=np.int64)  # [b, L]
+        rings = np.stack([inds[i]._full_ring() for i in members])  # [b, r, L]
+        psi = _psi_rows(current, rings).tolist()  # [b][r]
+        for j, i in enumerate(members):
+            epis[i] = math.fsum(psi[j]) / window
+            currents[i] = current[j]
+    for ind, n, current, epi in zip(inds, rows, currents, epis):
+        ind._commit(n, current, epi)
+    return epis
+
+
+def _count_rows(counts: Any, m: int) -> Tuple[List[List[int]], Optional[np.ndarray]]:
+    """counts as m validated lists of Python ints (see _as_counts), and as an int64 [m, L]
+    array when it came as an integer tensor or array (checked there in one pass)."""
+    if isinstance(counts, (torch.Tensor, np.ndarray)):
+        if counts.ndim != 2:
+            raise ValueError(f"counts must be 2-D [indicators, layers], got shape {tuple(counts.shape)}")
+        if counts.shape[0] != m:
+            raise ValueError(f"counts has {counts.shape[0]} rows but there are {m} indicators")
+        if isinstance(counts, torch.Tensor):
+            if counts.dtype == torch.bool:
+                raise TypeError("counts must hold integer counts, got a bool tensor (masks?)")
+            counts = counts.detach().cpu().numpy()
+        if counts.dtype.kind in "iu" and counts.size and counts.shape[1]:
+            arr = counts.astype(np.int64, copy=False)
+            if arr.min() >= 0:
+                return arr.tolist(), arr
+        rows = counts.tolist()  # anything else: the per-value checks name the culprit
+    else:
+        try:
+            rows = list(counts)
+        except TypeError:
+            raise TypeError(f"counts must be a 2-D sequence of counts, got {type(counts).__name__}") from None
+        if len(rows) != m:
+            raise ValueError(f"counts has {len(rows)} rows but there are {m} indicators")
+    return [_as_counts(row, f"counts[{i}]") for i, row in enumerate(rows)], None
 
 
 def _ops():

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .indicator import EarlyPruningIndicator, _ops
+from .indicator import EarlyPruningIndicator, _ops, update_indicators
 
 __all__ = ["EPIPruner", "CRITERIA", "GRADIENT_CRITERIA", "default_tau"]
 
@@ -423,8 +423,7 @@ class EPIPruner:
         return self._broadcast(counts).cpu()
 
     def _record(self, counts: torch.Tensor) -> None:
-        for r, row in zip(self.ratios, counts.tolist()):
-            self.indicators[r].update(row)
+        update_indicators([self.indicators[r] for r in self.ratios], counts)
 
     def _capture_t0(self) -> None:
         # Host sync, only until the first finite step is seen (see the class docstring).

@@ -278,7 +278,7 @@ def run_unit(cfg: Dict[str, Any]) -> Dict[str, Any]:
     import torch
     from epi_fast import global_masks
     from epi_fast.graph import group_layout
-    from epi_fast.indicator import EarlyBirdIndicator, EarlyPruningIndicator
+    from epi_fast.indicator import EarlyBirdIndicator, EarlyPruningIndicator, update_indicators
     from epi_fast.models import build_model
     from epi_fast.scoring import TaylorAccumulator, magnitude_scores
     from epi_fast.surgery import count_ops, prune
@@ -332,8 +332,8 @@ def run_unit(cfg: Dict[str, Any]) -> Dict[str, Any]:
         t0 = time.perf_counter()
         masks, _ = global_masks(scores, ratios, layout.group_sizes, 1)
         counts = layout.structure(masks)
+        update_indicators([epi[r] for r in ratios], counts)
         for i, r in enumerate(ratios):
-            epi[r].update(counts[i])
             structures[r].append([int(c) for c in counts[i].tolist()])
         elapsed = time.perf_counter() - t0
         for i, r in enumerate(ratios):

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from epi_fast.indicator import (
     EarlyPruningIndicator,
     layer_distances,
     structure_similarity,
+    update_indicators,
 )
 
 
@@ -230,3 +232,77 @@ def test_early_bird_validation_and_state():
     assert clone.update(_mask([1, 0, 1])) == eb.update(_mask([1, 0, 1])) == 0.0
     assert clone.fired_epoch == eb.fired_epoch == 1
     assert math.isfinite(clone.history[-1])
+
+
+# -- several indicators per epoch (update_indicators) -------------------------------------------
+
+def _clone(ind):
+    c = EarlyPruningIndicator(ind.window, ind.tau, ind.patience)
+    c.load_state_dict(ind.state_dict())
+    return c
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    layers=st.integers(1, 60),
+    epochs=st.integers(1, 14),
+    windows=st.lists(st.integers(1, 6), min_size=1, max_size=5),
+    seed=st.integers(0, 2**31 - 1),
+    as_tensor=st.booleans(),
+)
+def test_update_indicators_matches_one_by_one_bit_for_bit(layers, epochs, windows, seed, as_tensor):
+    gen = torch.Generator().manual_seed(seed)
+    batched = [EarlyPruningIndicator(window=w, tau=0.9, patience=2) for w in windows]
+    single = [_clone(i) for i in batched]
+    for _ in range(epochs):
+        # counts near each other (so EPI is high and the rule fires sometimes) with zeros (0/0).
+        counts = torch.randint(0, 4, (len(windows), layers), generator=gen) + torch.randint(0, 2, (1, layers), generator=gen) * 50
+        got = update_indicators(batched, counts if as_tensor else counts.tolist())
+        want = [ind.update(row) for ind, row in zip(single, counts.tolist())]
+        assert got == want  # exact: same floats, same Nones
+    for b, s in zip(batched, single):
+        assert b.history == s.history
+        assert b.fired_epoch == s.fired_epoch
+        assert b.state_dict() == s.state_dict()
+
+
+def test_update_indicators_after_resume_and_with_mixed_windows():
+    a, b = EarlyPruningIndicator(window=2), EarlyPruningIndicator(window=3)
+    for row in ([5, 6], [5, 7], [5, 6]):
+        update_indicators([a, b], [row, row])
+    resumed = [_clone(a), _clone(b)]  # rings are rebuilt from the saved deques
+    ref = [_clone(a), _clone(b)]
+    got = update_indicators(resumed, np.array([[5, 6], [4, 6]]))
+    assert got == [ref[0].update([5, 6]), ref[1].update([4, 6])]
+    assert got[0] is not None and got[1] is not None
+
+
+def test_update_indicators_refuses_bad_input_and_changes_nothing():
+    inds = [EarlyPruningIndicator(window=1), EarlyPruningIndicator(window=1)]
+    update_indicators(inds, [[3, 4], [3, 4]])
+    before = [i.state_dict() for i in inds]
+    with pytest.raises(ValueError, match="2 rows but there are 3"):
+        update_indicators(inds + [EarlyPruningIndicator()], torch.ones(2, 2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="2-D"):
+        update_indicators(inds, torch.ones(4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="bool"):
+        update_indicators(inds, torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"counts\[1\]\[0\] is negative"):
+        update_indicators(inds, [[3, 4], [-1, 4]])
+    with pytest.raises(ValueError, match=r"counts\[1\] has 3 layers"):
+        update_indicators(inds, [[3, 4], [3, 4, 5]])
+    with pytest.raises(ValueError, match="same indicator twice"):
+        update_indicators([inds[0], inds[0]], [[3, 4], [3, 4]])
+    with pytest.raises(TypeError, match=r"indicators\[1\]"):
+        update_indicators([inds[0], "x"], [[3, 4], [3, 4]])
+    assert [i.state_dict() for i in inds] == before
+    assert update_indicators([], torch.zeros(0, 3, dtype=torch.int64)) == []
+
+
+def test_firing_after_a_dip_compares_with_the_last_defined_values():
+    ind = EarlyPruningIndicator(window=1, tau=0.99, patience=2)
+    for row in ([10], [5], [10], [10], [10]):
+        ind.update(row)
+    # EPI: None, 2/3, 2/3, 1.0 (>= tau and >= the last two defined values) -> fires at t = 3.
+    assert ind.history[1:3] == [pytest.approx(2 / 3)] * 2
+    assert ind.fired_epoch == 3

@@ -95,12 +95,11 @@ def test_magnitude_records_t0_in_constructor_and_fires_at_window_on_a_still_netw
 
 def test_prune_gives_the_tracked_structure_and_training_continues():
     model, opt, pruner = make(deadline_epoch=3)
-    tracked = []
-    orig = pruner.indicators[0.5].update
-    pruner.indicators[0.5].update = lambda c: (tracked.append(list(c)), orig(c))[1]
     assert run_epochs(model, opt, pruner, 1, 3) == [3]
     assert pruner.prune_reason == "deadline" and pruner.prune_epoch == 3
-    assert list(pruner.kept_counts.values()) == tracked[-1] == widths(model, pruner.layers)
+    tracked = pruner.indicators[0.5].last_structure  # the structure fed at the prune epoch
+    assert pruner.indicators[0.5].epoch == 3
+    assert list(pruner.kept_counts.values()) == tracked == widths(model, pruner.layers)
     # The optimizer now holds the pruned parameters and keeps training them.
     held = {id(p) for g in opt.param_groups for p in g["params"]}
     assert all(id(p) in held for p in model.parameters())
