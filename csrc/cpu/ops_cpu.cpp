@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <string>
+#include <utility>
 #include <numeric>
 #include <vector>
 
@@ -94,8 +95,24 @@ EPI_AVX2 inline float fold8x2(__m256 lo, __m256 hi) {
   return _mm_cvtss_f32(_mm_add_ss(b, _mm_shuffle_ps(b, b, 1)));                    // (0+2)+(1+3)
 }
 
+// Rows shorter than one 16-wide step (depthwise 3x3 filters: 9 elements) cost a masked load
+// and a vector fold each, ~15 cycles for 9 elements; a scalar fold unrolled for the exact row
+// length does the same arithmetic in a third of that. Same bits (short_row_score_sum).
+template <ScoreKind K, typename T, int C>
+void short_rows(const T* data, int64_t rows, float* out) {
+  for (int64_t r = 0; r < rows; ++r) out[r] = score_finish(short_row_score_sum<C, K>(data + r * C), K);
+}
+
+template <ScoreKind K, typename T, int... C>
+bool short_rows_dispatch(const T* data, int64_t cols, int64_t rows, float* out,
+                         std::integer_sequence<int, C...>) {
+  // C runs over 0..kLanes-1; index 0 means "not a short row".
+  return ((cols == C && C > 0 ? (short_rows<K, T, (C > 0 ? C : 1)>(data, rows, out), true) : false) || ...);
+}
+
 template <ScoreKind K, typename T>
 EPI_AVX2 void score_rows_avx2(const T* data, int64_t cols, int64_t rows, float* out) {
+  if (short_rows_dispatch<K>(data, cols, rows, out, std::make_integer_sequence<int, kLanes>{})) return;
   for (int64_t r = 0; r < rows; ++r) {
     const T* row = data + r * cols;
     __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();

@@ -151,6 +151,23 @@ EPI_HD float row_score_sum(const T* row, int64_t cols) {
   return fold_lanes(lane);
 }
 
+// row_score_sum for a row of C < kLanes elements, C known at compile time: the same fold with
+// the additions of empty lanes left out. Score terms are +0 or more (or NaN), and t + (+0) is t
+// for every such t, so the bits are row_score_sum's (a compiler may not drop x + 0.0f itself,
+// since -0 + 0 is +0). Not for dot rows, whose terms can be -0.
+template <int C, ScoreKind K, typename T>
+inline float short_row_score_sum(const T* row) {
+  static_assert(C >= 1 && C < kLanes, "short rows have 1 to kLanes - 1 elements");
+  float l[kLanes], a[8], b[4];
+  for (int j = 0; j < C; ++j) l[j] = score_term<K>(to_float(row[j]));
+  for (int i = 0; i < 8 && i < C; ++i) a[i] = i + 8 < C ? l[i] + l[i + 8] : l[i];
+  for (int i = 0; i < 4 && i < C; ++i) b[i] = i + 4 < C ? a[i] + a[i + 4] : a[i];
+  const float s02 = C > 2 ? b[0] + b[2] : b[0];
+  if (C == 1) return s02;
+  const float s13 = C > 3 ? b[1] + b[3] : b[1];
+  return s02 + s13;
+}
+
 template <typename T>
 EPI_HD float row_score_sum(const T* row, int64_t cols, ScoreKind kind) {
   switch (kind) {
