@@ -66,6 +66,22 @@ def _snapshot(out):
 COLD_CASES = ("score_l2", "epoch_end_pipeline", "epoch_end_tensors")
 
 
+def _ratios(impls: dict, floor: dict) -> None:
+    """Speed-up over the loop, and time over the floor and over each plain-PyTorch
+    implementation, as ratios of medians and as medians of within-round ratios (`paired_*`)."""
+    loop = impls.get("loop", {})
+    for stats in impls.values():
+        if "median_s" not in stats:
+            continue
+        if loop.get("median_s"):
+            stats["speedup_vs_loop"] = loop["median_s"] / stats["median_s"]
+        stats["paired_vs_floor"] = T.paired_ratio(stats, floor)
+        for base in ("loop", "reference"):
+            if impls.get(base, {}).get("median_s"):
+                r = T.paired_ratio(impls[base], stats)
+                stats[f"paired_speedup_vs_{base}"] = r
+
+
 def run_case(case: C.Case, cfg: Config) -> dict:
     """Checks every implementation against the fused one on the same inputs, then times it."""
     dev = cfg.device
@@ -105,15 +121,13 @@ def run_case(case: C.Case, cfg: Config) -> dict:
         stats["GBps"] = case.bytes_read / stats["median_s"] / 1e9
         stats["floor_fraction"] = floor["median_s"] / stats["median_s"]
         result["impls"][name] = stats
-    loop = result["impls"].get("loop", {}).get("median_s")
-    for stats in result["impls"].values():
-        if "median_s" in stats and loop:
-            stats["speedup_vs_loop"] = loop / stats["median_s"]
+    _ratios(result["impls"], floor)
     if case.name in COLD_CASES:
         # The same comparison from cold caches (see timing.py): fused, loop and floor only.
-        cold_fns = {k: v for k, v in fns.items() if k in ("__floor__", "fused", "loop")}
+        cold_fns = {k: v for k, v in fns.items() if k in ("__floor__", "fused", "loop", "reference")}
         cold = T.measure_interleaved(cold_fns, dev, replace(cfg.budget, cache="cold", warmup=0))
         result["cold"] = {"floor": cold.pop("__floor__"), "impls": cold}
+        _ratios(cold, result["cold"]["floor"])
     _log(cfg, "  {:<20} {}".format(case.name, "  ".join(
         f"{k}={v['median_s'] * 1e3:.3f}ms" if "median_s" in v else f"{k}=ERROR" for k, v in result["impls"].items()
     ) + f"  floor={floor['median_s'] * 1e3:.3f}ms"))

@@ -140,22 +140,36 @@ def _time_once(fn, device: torch.device, cache: str = "warm") -> float:
 def measure_interleaved(fns: dict, device: torch.device, budget: Budget) -> dict:
     """Like `measure` for several implementations at once, timed in rounds (each round runs each
     implementation once), so that a burst of load from elsewhere on a shared machine hits all of
-    them alike instead of biasing whichever happened to be running. The budget's seconds are
-    per implementation."""
+    them alike instead of biasing whichever happened to be running. Each round starts one
+    implementation further along, so none always follows the same neighbour. The budget's
+    seconds are per implementation. Every implementation's stats keep its times per round
+    (`samples_s`, in round order), for ratios taken within a round (`paired_ratio`)."""
     for _ in range(budget.warmup):
         for fn in fns.values():
             fn()
     sync(device)
-    times: dict = {name: [] for name in fns}
+    names = list(fns)
+    times: dict = {name: [] for name in names}
     start = time.perf_counter()
     rounds = 0
     while rounds < budget.max_reps and (
         rounds < budget.min_reps or time.perf_counter() - start < budget.seconds * len(fns)
     ):
-        for name, fn in fns.items():
-            times[name].append(_time_once(fn, device, budget.cache))
+        shift = rounds % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(_time_once(fns[name], device, budget.cache))
         rounds += 1
-    return {name: _stats(ts) for name, ts in times.items()}
+    return {name: dict(_stats(ts), samples_s=ts) for name, ts in times.items()}
+
+
+def paired_ratio(num: dict, den: dict) -> float | None:
+    """Median over rounds of num's time / den's time in the same round (stats from
+    measure_interleaved). Load that drifts from round to round (the machine's neighbours)
+    cancels in each quotient; the ratio of the two medians keeps it. None without samples."""
+    a, b = num.get("samples_s"), den.get("samples_s")
+    if not a or not b or len(a) != len(b):
+        return None
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 _FLOOR_CACHE: dict = {}

@@ -77,3 +77,41 @@ def test_timing_cache_states():
 def test_file_stem_is_sanitised():
     assert report.sanitise("Intel(R) Xeon(R) Platinum 8480+ @ 2.0GHz") == "intel-xeon-platinum-8480-2-0ghz"
     assert report.sanitise("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+def test_interleaved_rounds_rotate_and_paired_ratios_use_the_same_round():
+    from benchmarks import timing
+
+    order = []
+    fns = {k: (lambda k=k: order.append(k)) for k in "abc"}
+    stats = timing.measure_interleaved(fns, torch.device("cpu"),
+                                       timing.Budget(warmup=0, min_reps=3, max_reps=3, seconds=0.0, cache="cold"))
+    assert order == list("abc" "bca" "cab")  # each round starts one implementation further along
+    assert all(len(s["samples_s"]) == 3 for s in stats.values())
+    # Round-by-round quotients: a slow round (x10 for both) cancels; the ratio of medians would not.
+    num = {"samples_s": [1.0, 10.0, 1.2]}
+    den = {"samples_s": [1.0, 10.0, 1.0]}
+    assert timing.paired_ratio(num, den) == 1.0
+    assert timing.paired_ratio({"samples_s": [1.0]}, {"samples_s": [1.0, 2.0]}) is None
+    assert timing.paired_ratio({}, den) is None
+
+
+def test_targets_map_to_the_issues_pipelines():
+    def case(name, model, fused, loop, ref=None):
+        impls = {"fused": {"median_s": fused}, "loop": {"median_s": loop}}
+        if ref:
+            impls["reference"] = {"median_s": ref}
+        return {"case": name, "workload": model, "impls": impls, "floor": {"median_s": fused / 1.1}}
+
+    results = {"environment": {"device": "cpu"}, "cases": [
+        case("score_l2", "resnet50", 1.0, 1.3),
+        case("epoch_end_tensors", "mobilenet_v2", 1.0, 4.5),
+        case("epoch_end_pipeline", "mobilenet_v2", 1.0, 3.5, 6.0),
+    ]}
+    t = {r["target"]: r for r in report.evaluate_targets(results)}
+    assert t["CPU: fused L2 scoring within 1.15x of the read floor on resnet50"]["status"] == "PASS"
+    assert t["CPU: epoch-end pipeline (scores, masks, counts; 9 ratios) >= 4x plain PyTorch on mobilenet_v2"]["status"] == "PASS"
+    # With the EPI update the faster plain-PyTorch pipeline (the loop, 3.5x) decides.
+    row = t["CPU: epoch-end pipeline (scores, masks, counts, EPI update; 9 ratios) >= 4x plain PyTorch on mobilenet_v2"]
+    assert row["status"] == "FAIL" and "vs loop" in row["value"]
+    assert t["CPU: epoch-end pipeline (scores, masks, counts; 9 ratios) >= 2x plain PyTorch on resnet50"]["status"] == "n/a"
