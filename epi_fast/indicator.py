@@ -329,7 +329,9 @@ def _count_rows(counts: Any, m: int) -> Tuple[List[List[int]], Optional[np.ndarr
         if isinstance(counts, torch.Tensor):
             if counts.dtype == torch.bool:
                 raise TypeError("counts must hold integer counts, got a bool tensor (masks?)")
-            counts = counts.detach().cpu().numpy()
+            counts = counts.detach().cpu()
+            # Floating counts (bf16 has no numpy twin) take the per-value checks below.
+            counts = counts.numpy() if not counts.is_floating_point() else np.array(counts.tolist(), dtype=object)
         if counts.dtype.kind in "iu" and counts.size and counts.shape[1]:
             arr = counts.astype(np.int64, copy=False)
             if arr.min() >= 0:

@@ -306,3 +306,11 @@ def test_firing_after_a_dip_compares_with_the_last_defined_values():
     # EPI: None, 2/3, 2/3, 1.0 (>= tau and >= the last two defined values) -> fires at t = 3.
     assert ind.history[1:3] == [pytest.approx(2 / 3)] * 2
     assert ind.fired_epoch == 3
+
+
+def test_update_indicators_accepts_integral_float_counts():
+    a, b = EarlyPruningIndicator(window=1), EarlyPruningIndicator(window=1)
+    update_indicators([a, b], torch.tensor([[3.0, 4.0], [5.0, 6.0]], dtype=torch.bfloat16))
+    assert a.last_structure == [3, 4] and b.last_structure == [5, 6]
+    with pytest.raises(ValueError, match=r"counts\[0\]\[1\] must be an integer count"):
+        update_indicators([a, b], torch.tensor([[3.0, 4.5], [5.0, 6.0]]))
