@@ -105,6 +105,15 @@ inline void check_accumulators(const at::Tensor& acc, const at::Tensor& skipped,
                     "acc and skipped must be on the gradients' device ", device_of.device());
 }
 
+// taylor_accumulate_'s optional 1 / loss scale: one floating element on acc's device.
+inline void check_inv_scale(const c10::optional<at::Tensor>& inv_scale, const at::Tensor& acc) {
+  if (!inv_scale.has_value()) return;
+  TORCH_CHECK_TYPE(inv_scale->is_floating_point() && inv_scale->numel() == 1,
+                   "inv_scale must be None or a one-element float32 tensor");
+  TORCH_CHECK_VALUE(inv_scale->device() == acc.device(), "inv_scale is on ", inv_scale->device(),
+                    ", acc on ", acc.device());
+}
+
 inline void check_scores(const at::Tensor& scores) {
   TORCH_CHECK_TYPE(scores.scalar_type() == at::kFloat, "scores must be float32, got ", scores.scalar_type());
   TORCH_CHECK_VALUE(scores.dim() == 1, "scores must be 1-D (one score per channel), got shape ", scores.sizes());

@@ -110,6 +110,28 @@ def test_avx2_and_portable_taylor_agree_bitwise(dtype, special):
     assert_same_bits(fast, portable, f"taylor {dtype}")
 
 
+@needs_avx2
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_avx2_and_portable_taylor_agree_bitwise_on_1d_tensors(dtype):
+    # BatchNorm weight and bias: one element per channel, where the AVX2 path multiplies
+    # directly instead of folding lanes; signed zeros, underflow, inf and NaN included.
+    g = torch.Generator().manual_seed(8)
+    special = torch.tensor([0.0, -0.0, 1e-30, -1e-30, float("inf"), float("nan"), -2.0, 3.0])
+    params = [torch.randn(n, generator=g).to(dtype) for n in (1, 7, 64, 300)] + [special.to(dtype)]
+    grads = [torch.randn(n, generator=g).to(dtype) for n in (1, 7, 64, 300)] + [special.flip(0).to(dtype)]
+    offsets = [0, 1, 8, 72, 72]  # the last two share channels, as a BN's weight and bias do
+    with simd(True):
+        fast = _ops.taylor_scores(params, grads, offsets, 372, mode="abs")
+        acc_fast = torch.zeros(372)
+        _ops.taylor_accumulate_(acc_fast, torch.zeros(1, dtype=torch.int64), params[:4], grads[:4], offsets[:4])
+    with simd(False):
+        portable = _ops.taylor_scores(params, grads, offsets, 372, mode="abs")
+        acc_port = torch.zeros(372)
+        _ops.taylor_accumulate_(acc_port, torch.zeros(1, dtype=torch.int64), params[:4], grads[:4], offsets[:4])
+    assert_same_bits(fast, portable, f"taylor 1-D {dtype}")
+    assert_same_bits(acc_fast, acc_port, f"taylor_accumulate_ 1-D {dtype}")
+
+
 def test_scores_match_reference_with_either_kernel():
     layers = _layers(torch.float32, seed=11)
     expected = reference.channel_scores(layers, "l2")

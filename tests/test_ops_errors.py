@@ -117,6 +117,8 @@ ACCUMULATE = [
      TypeError, r"inv_scale must be None or a one-element float32 tensor"),
     ("inv-scale-device", lambda i, o: o.taylor_accumulate_(acc(i), skipped(i), pg(i), pg(i), [0, 0], "abs", torch.ones(1, device=META)),
      ValueError, r"inv_scale is on meta, acc on"),
+    ("inv-scale-int", lambda i, o: o.taylor_accumulate_(acc(i), skipped(i), pg(i), pg(i), [0, 0], "square", torch.ones(1, dtype=I64, device=i.device)),
+     TypeError, r"inv_scale must be None or a one-element float32 tensor"),
 ]
 
 
@@ -241,3 +243,17 @@ def test_accumulate_error_leaves_accumulators_unchanged(impl):
     with pytest.raises(ValueError):
         impl.ops.taylor_accumulate_(a, s, pg(impl), pg(impl))  # offsets beyond acc
     assert a.cpu().tolist() == [1.0, 2.0] and int(s) == 4
+    # With offsets given, the operator's checks run first (the per-step path): still no write.
+    d = impl.device
+    refused = [
+        (ValueError, lambda: impl.ops.taylor_accumulate_(a, s, pg(impl), pg(impl), [0, 1])),  # beyond acc
+        (TypeError, lambda: impl.ops.taylor_accumulate_(a, s, pg(impl), pg(impl), [0, 0], "square",
+                                                        torch.ones(1, dtype=I64, device=d))),
+        (ValueError, lambda: impl.ops.taylor_accumulate_(a, s, pg(impl), [torch.ones(2, device=d), torch.ones(3, device=d)],
+                                                         [0, 0])),
+        (ValueError, lambda: impl.ops.taylor_accumulate_(a, s, pg(impl), pg(impl), [0, 0], "cube")),
+    ]
+    for err, call in refused:
+        with pytest.raises(err):
+            call()
+        assert a.cpu().tolist() == [1.0, 2.0] and int(s) == 4

@@ -133,6 +133,13 @@ EPI_AVX2 void score_rows_avx2(const T* data, int64_t cols, int64_t rows, float* 
 
 template <typename T>
 EPI_AVX2 void dot_rows_avx2(const T* a, const T* b, int64_t cols, int64_t rows, float* out) {
+  if (cols == 1) {
+    // 1-D tensors (BatchNorm weight and bias, the Taylor criterion's usual members): one
+    // product per row. The lanes' fold is +0 + a*b, which turns -0 into +0 and leaves every
+    // other value as it is; so does "+ 0.0f" (kept: -ffp-contract=off, no fast-math).
+    for (int64_t r = 0; r < rows; ++r) out[r] = to_float(a[r]) * to_float(b[r]) + 0.0f;
+    return;
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const T* ra = a + r * cols;
     const T* rb = b + r * cols;
@@ -442,15 +449,13 @@ void taylor_accumulate_cpu(const at::Tensor& acc, const at::Tensor& skipped, at:
                            at::TensorList grads, at::IntArrayRef offsets,
                            const c10::optional<at::Tensor>& inv_scale, c10::string_view mode) {
   const TaylorMode m = parse_taylor_mode(mode);
+  // Every check comes before the first write: a refused call leaves acc and skipped as they were.
   check_pairs(params, grads);
   check_accumulators(acc, skipped, params[0]);
+  check_inv_scale(inv_scale, acc);
   const int64_t channels = acc.numel();
   at::Tensor raw = taylor_raw_cpu(params, grads, offsets, channels);
-  float scale = 1.0f;
-  if (inv_scale.has_value()) {
-    TORCH_CHECK_VALUE(inv_scale->numel() == 1, "inv_scale must have one element");
-    scale = inv_scale->to(at::kFloat).item<float>();
-  }
+  const float scale = inv_scale.has_value() ? inv_scale->to(at::kFloat).item<float>() : 1.0f;
   const float* p = raw.data_ptr<float>();
   bool finite = true;
   for (int64_t c = 0; c < channels && finite; ++c)

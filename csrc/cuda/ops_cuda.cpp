@@ -95,14 +95,10 @@ void taylor_accumulate_cuda(const at::Tensor& acc, const at::Tensor& skipped, at
   const TaylorMode m = parse_taylor_mode(mode);
   check_pairs(params, grads);
   check_accumulators(acc, skipped, params[0]);
+  check_inv_scale(inv_scale, acc);
   c10::cuda::CUDAGuard guard(params[0].device());
   at::Tensor scale;
-  if (inv_scale.has_value()) {
-    TORCH_CHECK_VALUE(inv_scale->numel() == 1, "inv_scale must have one element");
-    TORCH_CHECK_VALUE(inv_scale->device() == acc.device(), "inv_scale is on ", inv_scale->device(),
-                      ", acc on ", acc.device());
-    scale = inv_scale->to(at::kFloat).contiguous();
-  }
+  if (inv_scale.has_value()) scale = inv_scale->to(at::kFloat).contiguous();
   TORCH_CHECK_VALUE(skipped.is_contiguous(), "skipped must be contiguous");
   at::Tensor raw = taylor_raw_cuda(params, grads, offsets, acc.numel());
   at::Tensor flag = at::empty({1}, acc.options().dtype(at::kInt));
