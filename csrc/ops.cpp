@@ -28,6 +28,10 @@ TORCH_LIBRARY(epi_fast, m) {
   m.def("group_reduce(Tensor scores, Tensor group_ptr, Tensor member_idx, str reduce) -> Tensor");
   m.def("global_masks(Tensor scores, float[] ratios, int[] segment_sizes, int min_keep) -> (Tensor, Tensor)");
   m.def("layer_counts(Tensor masks, int[] segment_sizes) -> Tensor");
+  // global_masks then layer_counts on the masks just written: one call per epoch end.
+  m.def(
+      "global_masks_counts(Tensor scores, float[] ratios, int[] segment_sizes, int min_keep) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def("mask_overlap(Tensor a, Tensor b, int[] segment_sizes) -> (Tensor, Tensor)");
 }
 

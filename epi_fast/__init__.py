@@ -13,6 +13,7 @@ import importlib
 from ._ops import (
     channel_scores,
     global_masks,
+    global_masks_counts,
     group_reduce,
     layer_counts,
     mask_overlap,
@@ -43,6 +44,7 @@ __all__ = [
     "taylor_accumulate_",
     "group_reduce",
     "global_masks",
+    "global_masks_counts",
     "layer_counts",
     "mask_overlap",
     *_LAZY,

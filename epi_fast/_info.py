@@ -14,7 +14,7 @@ from ._ext import BUILD_INFO, _C
 from ._version import __version__
 
 OPS = ("channel_scores", "taylor_scores", "taylor_accumulate_", "group_reduce", "global_masks",
-       "layer_counts", "mask_overlap")
+       "layer_counts", "global_masks_counts", "mask_overlap")
 
 
 def info() -> dict:

@@ -72,7 +72,28 @@ def group_reduce_trusted(scores, group_ptr, member_idx, reduce: str = "sum") -> 
     return _ops.group_reduce(scores, group_ptr, member_idx, reduce)
 
 
+def _schema_args(ratios, segment_sizes, min_keep) -> bool:
+    """Whether the arguments are already what the schema takes (float[], int[], int) with the
+    meaning the Python checks give them. Anything else (a single float, tensors, numpy scalars,
+    bools) goes through the Python checks, which convert or refuse it."""
+    return (
+        type(ratios) in (list, tuple)
+        and all(type(p) is float for p in ratios)
+        and (segment_sizes is None or (type(segment_sizes) in (list, tuple)
+                                       and all(type(s) is int for s in segment_sizes)))
+        and type(min_keep) is int
+    )
+
+
 def global_masks(scores, ratios, segment_sizes=None, min_keep: int = 1):
+    # Operator first, as in channel_scores: the kernels check scores, ratios, segment sizes,
+    # min_keep and NaN before writing anything (csrc/checks.h); the Python checks run only to
+    # explain a refusal in the reference's words.
+    if _schema_args(ratios, segment_sizes, min_keep):
+        try:
+            return _ops.global_masks(scores, ratios, [] if segment_sizes is None else segment_sizes, min_keep)
+        except (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError):
+            pass
     V.scores_vector(scores)
     ratios_ = V.ratios(ratios)
     keep = V.min_keep(min_keep)
@@ -84,6 +105,25 @@ def layer_counts(masks, segment_sizes) -> torch.Tensor:
     masks = V.masks_matrix(masks)
     sizes = V.segment_sizes(segment_sizes, masks.shape[1])
     return _ops.layer_counts(masks, sizes)
+
+
+def global_masks_counts(scores, ratios, segment_sizes, min_keep: int = 1):
+    """``global_masks`` and ``layer_counts`` of its masks in one operator call: (masks bool
+    [m, N], thresholds float32 [m], counts int64 [m, len(segment_sizes)]), the same values as
+    the two calls. The epoch-end path: the counts are taken while the masks are in cache, and
+    the dispatcher and these checks are crossed once."""
+    if segment_sizes is not None and _schema_args(ratios, segment_sizes, min_keep):
+        try:
+            return _ops.global_masks_counts(scores, ratios, segment_sizes, min_keep)
+        except (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError):
+            pass
+    V.scores_vector(scores)
+    ratios_ = V.ratios(ratios)
+    keep = V.min_keep(min_keep)
+    if segment_sizes is None:
+        raise ValueError("segment_sizes is None: counts are taken per segment, pass the layer sizes")
+    sizes = V.segment_sizes(segment_sizes, scores.numel())
+    return _ops.global_masks_counts(scores, ratios_, sizes, keep)
 
 
 def mask_overlap(a, b, segment_sizes=None):
@@ -123,10 +163,35 @@ def _(scores, group_ptr, member_idx, reduce):
     return scores.new_empty((group_ptr.shape[0] - 1,))
 
 
+def _check_mask_args(scores, ratios, segment_sizes, min_keep) -> None:
+    # A meta scores tensor routes the wrapper's operator-first call here: refuse what the
+    # kernels refuse (all but NaN, which needs the values).
+    V.scores_vector(scores)
+    ratios_ = V.ratios(list(ratios))
+    keep = V.min_keep(min_keep)
+    n = scores.shape[0]
+    if not isinstance(n, int):  # a symbolic size under dynamic shapes: checked when it is known
+        return
+    sizes = V.segment_sizes(list(segment_sizes), n) if len(segment_sizes) else None
+    ks = [V.removal_count(p, n) for p in ratios_]
+    V.check_removable(ks, ratios_, n, V.unprotected_count(sizes, n, keep), keep)
+
+
 @torch.library.register_fake("epi_fast::global_masks")
 def _(scores, ratios, segment_sizes, min_keep):
+    _check_mask_args(scores, ratios, segment_sizes, min_keep)
     m, n = len(ratios), scores.shape[0]
     return scores.new_empty((m, n), dtype=torch.bool), scores.new_empty((m,))
+
+
+@torch.library.register_fake("epi_fast::global_masks_counts")
+def _(scores, ratios, segment_sizes, min_keep):
+    if not len(segment_sizes):
+        raise ValueError("segment_sizes is empty: counts are taken per segment")
+    _check_mask_args(scores, ratios, segment_sizes, min_keep)
+    m, n = len(ratios), scores.shape[0]
+    return (scores.new_empty((m, n), dtype=torch.bool), scores.new_empty((m,)),
+            scores.new_empty((m, len(segment_sizes)), dtype=torch.int64))
 
 
 @torch.library.register_fake("epi_fast::layer_counts")

@@ -107,9 +107,13 @@ class GroupLayout:
 
     def structure(self, keep_masks: torch.Tensor) -> torch.Tensor:
         """Per-layer kept output channels, int64 [m, L], from group masks bool [m, N] (or [N])."""
-        counts = ops.layer_counts(keep_masks, self.group_sizes)
-        idx = self.layer_group.to(counts.device)
-        return counts[:, idx] * self.layer_scale.to(counts.device)
+        return self.structure_from_counts(ops.layer_counts(keep_masks, self.group_sizes))
+
+    def structure_from_counts(self, group_counts: torch.Tensor) -> torch.Tensor:
+        """Per-layer kept output channels, int64 [m, L], from kept counts per group [m, G] (what
+        `layer_counts` or `global_masks_counts` return for `group_sizes`)."""
+        idx = self.layer_group.to(group_counts.device)
+        return group_counts[:, idx] * self.layer_scale.to(group_counts.device)
 
     def layer_channels(self) -> dict[str, int]:
         """Current output channels of every layer of the structure vector."""

@@ -9,8 +9,9 @@
         if pruner.epoch_end():           # scores -> masks -> counts -> EPI; prunes on firing
             model = pruner.module        # (re-wrap in DDP here when distributed)
 
-Per epoch the pruner costs one scoring pass, one `global_masks` call for all tracked ratios,
-one `layer_counts`, and one device-to-host copy of the [ratios x layers] counts; the EPI
+Per epoch the pruner costs one scoring pass, one `global_masks_counts` call (masks and kept
+counts per group for all tracked ratios), and one device-to-host copy of the [ratios x layers]
+counts; the EPI
 bookkeeping itself is host arithmetic on those integers (`epi_fast.indicator`).
 """
 
@@ -418,8 +419,8 @@ class EPIPruner:
     def _structures(self, scores: torch.Tensor) -> torch.Tensor:
         """int64 [ratios, L] kept counts per layer for every tracked ratio, on the host."""
         ops = _ops()
-        masks, _ = ops.global_masks(scores, self.ratios, self._layout.group_sizes, self.min_keep)
-        counts = self._layout.structure(masks)
+        _, _, groups = ops.global_masks_counts(scores, self.ratios, self._layout.group_sizes, self.min_keep)
+        counts = self._layout.structure_from_counts(groups)
         return self._broadcast(counts).cpu()
 
     def _record(self, counts: torch.Tensor) -> None:
@@ -441,8 +442,8 @@ class EPIPruner:
 
     def _structures_local(self, scores: torch.Tensor) -> torch.Tensor:
         ops = _ops()
-        masks, _ = ops.global_masks(scores, self.ratios, self._layout.group_sizes, self.min_keep)
-        return self._layout.structure(masks).cpu()
+        _, _, groups = ops.global_masks_counts(scores, self.ratios, self._layout.group_sizes, self.min_keep)
+        return self._layout.structure_from_counts(groups).cpu()
 
     def _sizes(self) -> Dict[str, int]:
         from .surgery import count_ops

@@ -145,6 +145,13 @@ def layer_counts(masks, segment_sizes) -> torch.Tensor:
     return _segment_sums(masks, sizes)
 
 
+def global_masks_counts(scores, ratios, segment_sizes, min_keep: int = 1):
+    if segment_sizes is None:
+        raise ValueError("segment_sizes is None: counts are taken per segment, pass the layer sizes")
+    masks, thresholds = global_masks(scores, ratios, segment_sizes, min_keep)
+    return masks, thresholds, layer_counts(masks, segment_sizes)
+
+
 def mask_overlap(a, b, segment_sizes=None):
     a, b = V.mask_pair(a, b)
     sizes = [a.shape[1]] if segment_sizes is None else V.segment_sizes(segment_sizes, a.shape[1])

@@ -276,7 +276,7 @@ def _spearman_kendall(a, b) -> Tuple[float, float]:
 
 def run_unit(cfg: Dict[str, Any]) -> Dict[str, Any]:
     import torch
-    from epi_fast import global_masks
+    from epi_fast import global_masks_counts
     from epi_fast.graph import group_layout
     from epi_fast.indicator import EarlyBirdIndicator, EarlyPruningIndicator, update_indicators
     from epi_fast.models import build_model
@@ -330,8 +330,8 @@ def run_unit(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
     def observe(t: int, scores):
         t0 = time.perf_counter()
-        masks, _ = global_masks(scores, ratios, layout.group_sizes, 1)
-        counts = layout.structure(masks)
+        masks, _, groups = global_masks_counts(scores, ratios, layout.group_sizes, 1)
+        counts = layout.structure_from_counts(groups)
         update_indicators([epi[r] for r in ratios], counts)
         for i, r in enumerate(ratios):
             structures[r].append([int(c) for c in counts[i].tolist()])

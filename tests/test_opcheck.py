@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import assert_exact, assert_scores_close, compiled_ops
 
 OP_NAMES = ("channel_scores", "taylor_scores", "taylor_accumulate_", "group_reduce", "global_masks",
-            "layer_counts", "mask_overlap")
+            "layer_counts", "global_masks_counts", "mask_overlap")
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +62,16 @@ def sample_calls(ops):
     yield "global_masks", lambda: ops.global_masks(scores, [0.0, 0.25, 0.5])
     yield "global_masks-segments", lambda: ops.global_masks(scores, torch.tensor([0.3, 0.6]), [3, 0, 5, 4], 1)
     yield "layer_counts", lambda: ops.layer_counts(masks, [5, 0, 7])
+    yield "global_masks_counts", lambda: ops.global_masks_counts(scores, [0.0, 0.25, 0.5], [3, 0, 5, 4], 1)
+    yield "global_masks_counts-converted", lambda: ops.global_masks_counts(scores, torch.tensor([0.3]), torch.tensor([12]), 0)
     yield "mask_overlap", lambda: ops.mask_overlap(masks, other, [4, 8])
     yield "mask_overlap-one-segment", lambda: ops.mask_overlap(masks[:, ::2], other[:, ::2])
 
 
 SAMPLES = ("channel_scores-l2", "channel_scores-l1-fp16", "channel_scores-abs-bf16", "taylor_scores-offsets",
            "taylor_scores-default", "taylor_accumulate_", "taylor_accumulate_-inv_scale", "group_reduce-max",
-           "group_reduce-mean", "global_masks", "global_masks-segments", "layer_counts", "mask_overlap",
+           "group_reduce-mean", "global_masks", "global_masks-segments", "layer_counts", "global_masks_counts",
+           "global_masks_counts-converted", "mask_overlap",
            "mask_overlap-one-segment")
 
 
@@ -163,3 +166,23 @@ def test_compile_fullgraph_taylor_accumulate(ops):
         step(acc_e, skipped_e, w, gw_step, b, gb)
     assert_scores_close(acc, acc_e, msg="compiled vs eager accumulate")
     assert int(skipped) == int(skipped_e) == 1
+
+
+@pytest.mark.parametrize("name", ["global_masks", "global_masks_counts"])
+def test_fake_mask_kernels_refuse_what_the_kernels_refuse(ops, name):
+    # The wrappers call the operator first: a meta scores tensor lands in the fake kernel, which
+    # must refuse the same arguments (all but NaN scores, which need the values).
+    fn = getattr(ops, name)
+    meta = torch.empty(8, device="meta")
+    masks, thr, *counts = fn(meta, [0.25, 0.5], [4, 4], 1)
+    assert masks.shape == (2, 8) and masks.dtype == torch.bool and thr.shape == (2,)
+    if counts:
+        assert counts[0].shape == (2, 2) and counts[0].dtype == torch.int64
+    with pytest.raises(ValueError, match=r"ratio 1.5 \(ratios\[1\]\) is outside \[0, 1\)"):
+        fn(meta, [0.25, 1.5], [4, 4], 1)
+    with pytest.raises(ValueError, match=r"segment_sizes add up to 7, but there are 8 channels"):
+        fn(meta, [0.25], [4, 3], 1)
+    with pytest.raises(ValueError, match=r"removes 7 of 8 channels, but min_keep=1 per segment leaves only 6"):
+        fn(meta, [0.9], [4, 4], 1)
+    with pytest.raises(ValueError, match=r"min_keep must be a non-negative integer, got -1"):
+        getattr(torch.ops.epi_fast, name)(meta, [0.25], [4, 4], -1)

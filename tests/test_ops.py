@@ -389,6 +389,22 @@ def test_layer_counts_of_global_masks(impl):
     assert_exact(impl.ops.layer_counts(masks, [3, 2, 1, 2]), torch.tensor([[3, 1, 1, 1], [1, 1, 1, 1]]), impl.name)
 
 
+def test_global_masks_counts_is_masks_then_counts(impl):
+    scores = impl.t([1.0, 2.0, 3.0, 0.5, 0.6, 9.0, 0.0, 0.0])
+    masks, thr, counts = impl.ops.global_masks_counts(scores, [0.25, 0.5], [3, 2, 1, 2])
+    # Protected (each segment's highest; of the two zeros the higher index): 3.0, 0.6, 9.0 and
+    # index 7. 0.25 -> k=2: 0.0 (index 6) and 0.5 go; 0.5 -> k=4: also 1.0 and 2.0.
+    assert_exact(masks, masks_of(["11101101", "00101101"]), impl.name)
+    assert_exact(thr, torch.tensor([0.5, 2.0]), impl.name)
+    assert_exact(counts, torch.tensor([[3, 1, 1, 1], [1, 1, 1, 1]]), impl.name)
+    assert counts.device.type == impl.device.type and counts.dtype == torch.int64
+    # a k of zero and min_keep=0, through the same call
+    masks, thr, counts = impl.ops.global_masks_counts(scores, [0.0, 0.75], [3, 2, 1, 2], min_keep=0)
+    # 0.75 -> k=6 of the ascending order 0, 0, 0.5, 0.6, 1, 2: only 3.0 and 9.0 stay
+    assert_exact(counts, torch.tensor([[3, 2, 1, 2], [1, 0, 1, 0]]), impl.name)
+    assert_exact(thr, torch.tensor([-INF, 2.0]), impl.name)
+
+
 def test_mask_overlap(impl):
     a = impl.t(masks_of(["1101", "0011"]))
     b = impl.t(masks_of(["1011", "0110"]))

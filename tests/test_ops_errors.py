@@ -156,10 +156,17 @@ GROUP_REDUCE = [
 ]
 
 
-def gm(ratios, sizes=None, keep=1, n=8, scores_fn=None):
+def gm(ratios, sizes=None, keep=1, n=8, scores_fn=None, counts=False):
+    """A global_masks call; with counts=True the same through global_masks_counts, whose
+    segment sizes default to one segment of all the scores."""
     def call(impl, ops):
         s = scores_fn(impl) if scores_fn else scores(impl, n)
-        return ops.global_masks(s, ratios(impl) if callable(ratios) else ratios, sizes, keep)
+        r = ratios(impl) if callable(ratios) else ratios
+        if not counts:
+            return ops.global_masks(s, r, sizes, keep)
+        whole = [s.numel()] if isinstance(s, torch.Tensor) else [len(s)]
+        return ops.global_masks_counts(s, r, whole if sizes is None else sizes, keep)
+    call.args = dict(ratios=ratios, sizes=sizes, keep=keep, n=n, scores_fn=scores_fn)
     return call
 
 
@@ -184,6 +191,9 @@ GLOBAL_MASKS = [
     ("ratio-bool-tensor", gm(lambda i: torch.tensor([True])), TypeError, r"ratios tensor has dtype torch.bool"),
     ("ratio-string", gm("0.5"), TypeError, r"ratios must be a float, a sequence of floats or a 1-D tensor, got str"),
     ("ratio-string-in-list", gm([0.5, "0.1"]), TypeError, r"ratios\[1\] is '0.1'; expected a number"),
+    # torch's float[] would take these as numbers: the wrapper must still refuse them
+    ("ratio-tensor-in-list", gm([torch.tensor(0.5)]), TypeError, r"ratios\[0\] is tensor\(0.5000\); expected a number"),
+    ("ratio-true-in-list", gm([True, 0.5]), TypeError, r"ratios\[0\] is True; expected a number"),
     ("ratios-2d-tensor", gm(lambda i: torch.full((2, 2), 0.5)), ValueError, r"ratios must be .* 1-D tensor; got a 2-D tensor"),
     ("sizes-do-not-add-up", gm(0.5, [3, 4]), ValueError, r"segment_sizes add up to 7, but there are 8 channels"),
     ("sizes-too-many", gm(0.5, [4, 4, 1]), ValueError, r"segment_sizes add up to 9, but there are 8 channels"),
@@ -198,6 +208,16 @@ GLOBAL_MASKS = [
     ("min-keep-bool", gm(0.5, [4, 4], True), ValueError, r"min_keep must be a non-negative integer, got True"),
     ("k-exceeds-unprotected", gm([0.5, 0.9], [4, 4], 3), ValueError,
      r"ratio 0.5 removes 4 of 8 channels, but min_keep=3 per segment leaves only 2 removable"),
+]
+
+
+# The same refusals through global_masks_counts, and its own: segment sizes are required.
+GLOBAL_MASKS_COUNTS = [
+    (name, gm(**call.args, counts=True), exc, match) for name, call, exc, match in GLOBAL_MASKS
+] + [
+    ("sizes-none", lambda i, o: o.global_masks_counts(scores(i, 8), [0.5], None), ValueError,
+     r"segment_sizes is None: counts are taken per segment"),
+    ("sizes-missing", lambda i, o: o.global_masks_counts(scores(i, 8), [0.5]), TypeError, r"segment_sizes"),
 ]
 
 
@@ -225,7 +245,8 @@ COUNTS = [
 ALL = [
     pytest.param(call, exc, match, id=f"{group}-{name}")
     for group, cases in [("channel_scores", CHANNEL_SCORES), ("taylor_scores", TAYLOR), ("taylor_accumulate", ACCUMULATE),
-                         ("group_reduce", GROUP_REDUCE), ("global_masks", GLOBAL_MASKS), ("counts", COUNTS)]
+                         ("group_reduce", GROUP_REDUCE), ("global_masks", GLOBAL_MASKS),
+                         ("global_masks_counts", GLOBAL_MASKS_COUNTS), ("counts", COUNTS)]
     for name, call, exc, match in cases
 ]
 

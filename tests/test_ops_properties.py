@@ -502,6 +502,10 @@ def test_global_masks(impl, case):
         counts = impl.ops.layer_counts(masks.to(impl.device), sizes).cpu()
         assert counts.sum(1).tolist() == [n - k for k in ks]
         assert bool((counts >= torch.tensor(sizes).clamp(max=keep)).all()), "min_keep violated"
+        # the one-call form gives the same three results
+        both = impl.ops.global_masks_counts(scores.to(impl.device), ratio_arg(ratios, form), sizes, keep)
+        for got, want, what in zip(both, (masks, thr, counts), ("masks", "thresholds", "counts")):
+            assert_exact(got.cpu(), want, f"{impl.name} global_masks_counts {what}")
 
 
 @fast(20)

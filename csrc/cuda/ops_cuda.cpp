@@ -183,6 +183,17 @@ at::Tensor layer_counts_cuda(const at::Tensor& masks_in, at::IntArrayRef segment
   return counts;
 }
 
+// global_masks then layer_counts, queued on the same stream (see global_masks_counts_cpu).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> global_masks_counts_cuda(const at::Tensor& scores,
+                                                                        at::ArrayRef<double> ratios,
+                                                                        at::IntArrayRef segment_sizes,
+                                                                        int64_t min_keep) {
+  TORCH_CHECK_VALUE(!segment_sizes.empty(), "segment_sizes is empty: counts are taken per segment");
+  auto [masks, thresholds] = global_masks_cuda(scores, ratios, segment_sizes, min_keep);
+  at::Tensor counts = layer_counts_cuda(masks, segment_sizes);
+  return {masks, thresholds, counts};
+}
+
 std::tuple<at::Tensor, at::Tensor> mask_overlap_cuda(const at::Tensor& a_in, const at::Tensor& b_in,
                                                      at::IntArrayRef segment_sizes) {
   check_masks(a_in, "a");
@@ -215,6 +226,7 @@ TORCH_LIBRARY_IMPL(epi_fast, CUDA, m) {
   m.impl("group_reduce", &group_reduce_cuda);
   m.impl("global_masks", &global_masks_cuda);
   m.impl("layer_counts", &layer_counts_cuda);
+  m.impl("global_masks_counts", &global_masks_counts_cuda);
   m.impl("mask_overlap", &mask_overlap_cuda);
 }
 
