@@ -1,11 +1,24 @@
 """How every `epi-fast` subcommand reports a failure: one line on stderr naming the problem,
-exit status 2 for usage errors and 1 for failures, a traceback only with --debug."""
+exit status 2 for usage errors and 1 for failures, a traceback only with --debug; and the
+argument types the subcommands share."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import traceback
 from typing import Callable, Tuple, Type
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (counts, sizes, epochs)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def one_line(e: BaseException) -> str:

@@ -212,13 +212,20 @@ def offsets(tensors: list[torch.Tensor], offsets_, num_channels):
             acc += r
         natural = acc
     else:
-        offs = [int(o) for o in offsets_]
+        try:
+            # operator.index, not int(): an offset of 2.5 must be an error, not silently 2.
+            offs = [operator.index(o) for o in offsets_]
+        except TypeError:
+            raise TypeError(f"offsets must be a sequence of integers, got {offsets_!r}") from None
         if len(offs) != len(tensors):
             raise ValueError(f"offsets has {len(offs)} entries for {len(tensors)} tensors")
         natural = max((o + r for o, r in zip(offs, rows)), default=0)
     if num_channels is None:
         num_channels = natural
-    num_channels = int(num_channels)
+    try:
+        num_channels = operator.index(num_channels)
+    except TypeError:
+        raise TypeError(f"num_channels must be an integer, got {num_channels!r}") from None
     for i, (o, r) in enumerate(zip(offs, rows)):
         if o < 0 or o + r > num_channels:
             raise ValueError(f"tensor {i} maps rows {o}..{o + r - 1} outside the {num_channels} channels")

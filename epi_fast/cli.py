@@ -23,7 +23,7 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from ._cli_errors import one_line, run_reporting_errors
+from ._cli_errors import one_line, positive_int, run_reporting_errors
 
 __all__ = ["main", "build_parser", "UsageError", "TRAIN_DEFAULTS"]
 
@@ -70,16 +70,6 @@ def _ratio(text: str) -> float:
 
 def _ratios(text: str) -> List[float]:
     return [_ratio(t) for t in text.replace(",", " ").split() if t]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
 
 
 def _non_negative_int(text: str) -> int:
@@ -133,32 +123,32 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("data and model")
     g.add_argument("--data", default=d["data"], help="'digits' (embedded, default), an ImageFolder directory, or a CIFAR-10 python batches directory")
     g.add_argument("--data-format", default="auto", choices=FORMATS, help="format of --data (default: detected)")
-    g.add_argument("--input-size", type=_positive_int, nargs="+", metavar="N", help="ImageFolder image size: H [W] (default 32)")
+    g.add_argument("--input-size", type=positive_int, nargs="+", metavar="N", help="ImageFolder image size: H [W] (default 32)")
     g.add_argument("--model", default=d["model"], help="architecture name for epi_fast.models.build_model (default %(default)s)")
     g = p.add_argument_group("pruning policy")
     g.add_argument("--ratio", type=_ratio, default=d["ratio"], help="target prune ratio in (0, 1) (default %(default)s)")
     g.add_argument("--criterion", default=d["criterion"], choices=CRITERIA, help="neuron importance (default %(default)s)")
-    g.add_argument("--window", type=_positive_int, default=d["window"], help="EPI window r (default %(default)s)")
+    g.add_argument("--window", type=positive_int, default=d["window"], help="EPI window r (default %(default)s)")
     g.add_argument("--tau", type=_tau, default=None, help="EPI threshold (default 0.944 for gradient/taylor, 0.983 otherwise)")
     g.add_argument("--patience", type=_non_negative_int, default=d["patience"], help="previous EPI values a firing EPI must not be below (default %(default)s)")
     g.add_argument("--track-ratios", type=_ratios, default=[], metavar="R[,R...]", help="more ratios whose EPI curves are recorded, e.g. 0.3,0.7")
-    g.add_argument("--deadline-epoch", type=_positive_int, default=None, help="prune after this epoch if EPI has not fired")
+    g.add_argument("--deadline-epoch", type=positive_int, default=None, help="prune after this epoch if EPI has not fired")
     g.add_argument(
         "--group-reduce", default=None, choices=("sum", "mean", "max"),
         help="how coupled channels (residual adds) combine into one neuron's score (default: sum for "
         "gradient/taylor, mean for magnitude criteria)",
     )
-    g.add_argument("--min-keep", type=_positive_int, default=1, help="channels every group keeps (default %(default)s)")
+    g.add_argument("--min-keep", type=positive_int, default=1, help="channels every group keeps (default %(default)s)")
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=_positive_int, default=d["epochs"], help="epochs in total (default %(default)s)")
-    g.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], help="(default %(default)s)")
+    g.add_argument("--epochs", type=positive_int, default=d["epochs"], help="epochs in total (default %(default)s)")
+    g.add_argument("--batch-size", type=positive_int, default=d["batch_size"], help="(default %(default)s)")
     g.add_argument("--lr", type=_positive_float, default=d["lr"], help="peak learning rate of SGD with Nesterov momentum, cosine decay (default %(default)s)")
     g.add_argument("--momentum", type=_non_negative_float, default=d["momentum"], help="(default %(default)s)")
     g.add_argument("--weight-decay", type=_non_negative_float, default=d["weight_decay"], help="(default %(default)s)")
     g.add_argument("--warmup-epochs", type=_non_negative_int, default=d["warmup_epochs"], help="linear learning-rate warm-up (default %(default)s)")
     g.add_argument("--amp", action="store_true", help="mixed precision: float16 + GradScaler on CUDA, bfloat16 on CPU")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
-    g.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: 1 for digits, else the cores this process may use)")
+    g.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: 1 for digits, else the cores this process may use)")
     g.add_argument("--workers", type=_non_negative_int, default=0, help="DataLoader worker processes (default %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="seeds the split, the initialisation and the batch order (default %(default)s)")
     g = p.add_argument_group("output")

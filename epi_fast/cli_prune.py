@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from ._cli_errors import one_line, run_reporting_errors
+from ._cli_errors import one_line, positive_int, run_reporting_errors
 
 PROG = "epi-fast prune"
 CRITERIA = ("l2", "l1", "bn", "magnitude")
@@ -43,25 +43,15 @@ def _ratio(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="in-repo model (resnet_small, mobilenet_small, densenet_small) or a torchvision classification model")
     p.add_argument("--ratio", required=True, type=_ratio, help="fraction of prunable group neurons to remove, in [0, 1)")
     p.add_argument("--criterion", default="l2", choices=CRITERIA, help="channel score (default %(default)s); magnitude = bn where a BatchNorm exists, l2 elsewhere")
     p.add_argument("--reduce", default="sum", choices=REDUCTIONS, help="how coupled channels combine into one group score (default %(default)s)")
-    p.add_argument("--min-keep", type=_positive_int, default=1, help="neurons kept in every group at least (default %(default)s)")
-    p.add_argument("--input-size", nargs=2, type=_positive_int, metavar=("H", "W"), default=None, help="example input size for tracing and FLOPs (default 8 8 for in-repo models, 224 224 otherwise)")
-    p.add_argument("--num-classes", type=_positive_int, default=10, help="(default %(default)s)")
-    p.add_argument("--in-channels", type=_positive_int, default=3, help="(default %(default)s)")
+    p.add_argument("--min-keep", type=positive_int, default=1, help="neurons kept in every group at least (default %(default)s)")
+    p.add_argument("--input-size", nargs=2, type=positive_int, metavar=("H", "W"), default=None, help="example input size for tracing and FLOPs (default 8 8 for in-repo models, 224 224 otherwise)")
+    p.add_argument("--num-classes", type=positive_int, default=10, help="(default %(default)s)")
+    p.add_argument("--in-channels", type=positive_int, default=3, help="(default %(default)s)")
     p.add_argument("--checkpoint", default=None, help="weights to prune: a state_dict file, or a model.pt written by epi-fast")
     p.add_argument("--out", required=True, help="file to write the pruned model to (model.pt format)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -102,6 +102,7 @@ def test_existing_out_is_refused_unless_overwrite(tmp_path, capsys):
         (["--deadline-epoch", "9"], "--deadline-epoch"),
         (["--criterion", "random"], "--criterion"),
         (["--epochs", "0"], "--epochs"),
+        (["--batch-size", "two"], "expected a positive integer, got 'two'"),
         (["--tau", "1.2"], "--tau"),
     ],
 )
