@@ -1,8 +1,11 @@
 """The compiled operators' Python face: argument checks, then torch.ops.epi_fast.
 
-Each function validates in Python (clear errors before any kernel runs) and calls the
-operator registered by the extension for the tensors' device. Fake (meta) kernels let the
-operators trace under torch.compile.
+Each function calls the operator registered by the extension for the tensors' device, with
+clear errors before any kernel runs: most validate in Python first; the calls made every
+training step or every epoch (channel_scores, taylor_accumulate_ with offsets, global_masks,
+global_masks_counts) call the operator first, whose C++ checks refuse the same inputs, and
+run the Python checks only to name a refusal in the reference's words. Fake (meta) kernels let
+the operators trace under torch.compile; those of the operator-first calls check too.
 """
 
 from __future__ import annotations
