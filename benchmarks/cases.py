@@ -298,7 +298,7 @@ def pipeline(w: Workload, compile_ref: bool, epi: bool = True) -> Case:
     indicators = {}
 
     def epi_update(name, counts):
-        rows = counts.tolist()  # the one device-to-host copy per epoch
+        rows = counts.cpu()  # the one device-to-host copy per epoch, passed on as EPIPruner does
         if api is not None:
             epi_cls, update_all = api
             inds = indicators.get(name)
