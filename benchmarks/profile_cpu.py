@@ -1,8 +1,9 @@
 """python -m benchmarks.profile_cpu: where the CPU time of the fused path goes.
 
 Splits the CPU targets' misses into measurable causes, for the kernel owner:
-1. L2 scoring of whole models on 1 and 2 threads, with the AVX2 row kernels and with the
-   portable ones (``_C.set_cpu_simd``), against the floor and the per-layer loop;
+1. L2 scoring of whole models on 1 and 2 threads, with each row-kernel set the CPU has
+   (AVX-512, AVX2, portable; ``_C.set_cpu_simd_level``), against the floor and the per-layer
+   loop;
 2. per-element throughput of the row kernel on one thread, in cache and from DRAM, against
    torch's .sum() (the floor);
 3. the cost per row of short rows (depthwise 3x3 filters: 9 elements);
@@ -42,19 +43,32 @@ def t_ms(fn, reps=30, warmup=3) -> float:
     return statistics.median(ts) * 1e3
 
 
+def simd_levels() -> list:
+    """The row-kernel sets this CPU runs, best first (always ending with "portable")."""
+    levels = []
+    for level in ("avx512", "avx2", "portable"):
+        previous = _C.set_cpu_simd_level(level)
+        try:
+            if _C.cpu_simd() == level:
+                levels.append(level)
+        finally:
+            _C.set_cpu_simd_level(previous)
+    return levels
+
+
 def scoring_profile(w: W.Workload) -> dict:
-    """Fused L2 scoring with the AVX2 and the portable row kernels, the floor and the loop."""
+    """Fused L2 scoring with every row-kernel set the CPU has, the floor and the loop."""
     ws = w.weights
-    out = {"workload": w.name}
+    out = {"workload": w.name, "levels": simd_levels()}
     flat = torch.empty(sum(x.numel() for x in ws)).uniform_()
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        for simd in (True, False):
-            previous = _C.set_cpu_simd(simd)
+        for level in out["levels"]:
+            previous = _C.set_cpu_simd_level(level)
             try:
-                out[f"fused_{'avx2' if simd else 'portable'}_{threads}t_ms"] = t_ms(lambda: OP.channel_scores(ws, "l2"))
+                out[f"fused_{level}_{threads}t_ms"] = t_ms(lambda: OP.channel_scores(ws, "l2"))
             finally:
-                _C.set_cpu_simd(previous)
+                _C.set_cpu_simd_level(previous)
         out[f"floor_{threads}t_ms"] = t_ms(lambda: flat.sum())
     out["loop_2t_ms"] = t_ms(lambda: C.loop_l2_scores(ws))
     del flat
@@ -136,15 +150,15 @@ def overhead_profile(w: W.Workload) -> dict:
 def to_markdown(res) -> str:
     L = [f"# CPU profile of the fused path: {res['machine']}", "",
          f"torch {res['torch']}, threads {res['threads']}, load average {res['load_average']}", "",
-         "## 1. L2 scoring: AVX2 and portable row kernels (times are medians, warm)", "",
-         "| model | AVX2 1t ms | portable 1t ms | floor 1t ms | AVX2 2t ms | portable 2t ms | floor 2t ms | "
-         "loop 2t ms | AVX2 / floor, 2t |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+         "## 1. L2 scoring with each row-kernel set (times are medians, warm)", ""]
+    levels = res["scoring"][0]["levels"] if res["scoring"] else []
+    cols = [f"{lv} {t}t ms" for t in (1, 2) for lv in levels]
+    L += ["| model | " + " | ".join(cols) + f" | floor 1t ms | floor 2t ms | loop 2t ms | {levels[0] if levels else ''} / floor, 2t |",
+          "| --- " * (len(cols) + 5) + "|"]
     for r in res["scoring"]:
-        L.append(f"| {r['workload']} | {r['fused_avx2_1t_ms']:.3f} | {r['fused_portable_1t_ms']:.3f} | "
-                 f"{r['floor_1t_ms']:.3f} | {r['fused_avx2_2t_ms']:.3f} | {r['fused_portable_2t_ms']:.3f} | "
-                 f"{r['floor_2t_ms']:.3f} | {r['loop_2t_ms']:.3f} | "
-                 f"{r['fused_avx2_2t_ms'] / r['floor_2t_ms']:.2f}x |")
+        vals = [f"{r[f'fused_{lv}_{t}t_ms']:.3f}" for t in (1, 2) for lv in levels]
+        L.append(f"| {r['workload']} | " + " | ".join(vals) + f" | {r['floor_1t_ms']:.3f} | {r['floor_2t_ms']:.3f} | "
+                 f"{r['loop_2t_ms']:.3f} | {r[f'fused_{levels[0]}_2t_ms'] / r['floor_2t_ms']:.2f}x |")
     L += ["", "## 2-3. Row kernel throughput, one thread", "",
           "| data | fused ms | fused GB/s | .sum() GB/s | vector_norm(dim=1) ms | fused ns/row |",
           "| --- | --- | --- | --- | --- | --- |"]

@@ -15,6 +15,7 @@
 namespace epi_fast {
 std::string cpu_simd();          // ops_cpu.cpp
 bool set_cpu_simd(bool enabled);  // ops_cpu.cpp
+std::string set_cpu_simd_level(const std::string& level);  // ops_cpu.cpp
 }  // namespace epi_fast
 
 // No argument is called "mode": torch's functionalisation of in-place operators passes its own
@@ -41,11 +42,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
                                  std::to_string(EPI_FAST_TORCH_MINOR) + "." +
                                  std::to_string(EPI_FAST_TORCH_PATCH);
   module.def("cpu_simd", &epi_fast::cpu_simd,
-             "The CPU row kernels in use: 'avx2' (picked at run time where the CPU has AVX2 and F16C) "
-             "or 'portable'.");
+             "The CPU row kernels in use: 'avx512' (where the CPU has AVX-512F), 'avx2' (AVX2 and "
+             "F16C) or 'portable', picked at run time.");
   module.def("set_cpu_simd", &epi_fast::set_cpu_simd, pybind11::arg("enabled"),
-             "Allow (True) or forbid (False) the AVX2 CPU row kernels; returns the previous setting. "
-             "Both give the same bits; this exists to test and time them against each other.");
+             "Allow (True: the best the CPU has) or forbid (False) the SIMD CPU row kernels; returns "
+             "whether they were allowed. All give the same bits; this exists to test and time them.");
+  module.def("set_cpu_simd_level", &epi_fast::set_cpu_simd_level, pybind11::arg("level"),
+             "Cap the CPU row kernels at 'avx512', 'avx2' or 'portable' (the CPU may allow less); "
+             "returns the previous cap.");
 #ifdef EPI_FAST_WITH_CUDA
   module.attr("cuda_kernels_built") = true;
 #else

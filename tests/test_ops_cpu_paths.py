@@ -1,7 +1,8 @@
 """The CPU kernels' internal paths, each checked against another path or the oracle.
 
-- Row kernels: the AVX2 kernels (picked at run time) and the portable ones must give the same
-  bits, since both sum element j of a row into lane j % 16 and fold the lanes in one fixed tree.
+- Row kernels: the AVX-512 and AVX2 kernels (picked at run time) and the portable ones must give
+  the same bits, since all sum element j of a row into lane j % 16 and fold the lanes in one
+  fixed tree.
 - global_masks: the radix select descends one 11-bit digit at a time into the buckets that hold
   the wanted ranks; inputs whose keys share many leading bits (scores a few ulps apart), heavy
   ties at the k-th key and duplicated ratios walk every level and the tie fix-up, and must give
@@ -32,18 +33,38 @@ def simd(enabled: bool):
         _C.set_cpu_simd(previous)
 
 
-def _has_avx2() -> bool:
-    with simd(True):
-        return _C.cpu_simd() == "avx2"
+@contextlib.contextmanager
+def simd_level(level: str):
+    previous = _C.set_cpu_simd_level(level)
+    try:
+        yield
+    finally:
+        _C.set_cpu_simd_level(previous)
 
 
-needs_avx2 = pytest.mark.skipif(not _has_avx2(), reason="this CPU has no AVX2/F16C: only the portable kernels exist")
+def _supported(level: str) -> bool:
+    with simd_level(level):
+        return _C.cpu_simd() == level
+
+
+# Each SIMD kernel set is compared with the portable one, on CPUs that have it.
+over_simd_levels = pytest.mark.parametrize("level", [
+    pytest.param(level, marks=pytest.mark.skipif(not _supported(level), reason=f"this CPU has no {level} kernels"))
+    for level in ("avx2", "avx512")
+])
 
 
 def test_simd_switch_reports_and_restores():
     with simd(False):
         assert _C.cpu_simd() == "portable"
-    assert _C.cpu_simd() in ("avx2", "portable")
+    assert _C.cpu_simd() in ("avx512", "avx2", "portable")
+    with simd_level("avx2"):
+        assert _C.cpu_simd() in ("avx2", "portable")
+        with simd_level("portable"):
+            assert _C.cpu_simd() == "portable"
+        assert _C.cpu_simd() in ("avx2", "portable")
+    with pytest.raises(ValueError, match="unknown SIMD level 'sse'"):
+        _C.set_cpu_simd_level("sse")
 
 
 def assert_same_bits(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
@@ -73,46 +94,46 @@ def _layers(dtype, seed, special=False):
     return out
 
 
-@needs_avx2
+@over_simd_levels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("criterion", ["l1", "l2"])
 @pytest.mark.parametrize("special", [False, True], ids=["finite", "special-values"])
-def test_avx2_and_portable_scores_agree_bitwise(dtype, criterion, special):
+def test_simd_and_portable_scores_agree_bitwise(level, dtype, criterion, special):
     layers = _layers(dtype, seed=3, special=special)
-    with simd(True):
+    with simd_level(level):
         fast = _ops.channel_scores(layers, criterion)
-    with simd(False):
+    with simd_level("portable"):
         portable = _ops.channel_scores(layers, criterion)
     assert_same_bits(fast, portable, f"{criterion} {dtype}")
 
 
-@needs_avx2
+@over_simd_levels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-def test_avx2_and_portable_abs_agree_bitwise(dtype):
+def test_simd_and_portable_abs_agree_bitwise(level, dtype):
     vectors = [torch.randn(n).to(dtype) for n in (1, 7, 16, 33, 1000)]
-    with simd(True):
+    with simd_level(level):
         fast = _ops.channel_scores(vectors, "abs")
-    with simd(False):
+    with simd_level("portable"):
         portable = _ops.channel_scores(vectors, "abs")
     assert_same_bits(fast, portable, f"abs {dtype}")
 
 
-@needs_avx2
+@over_simd_levels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("special", [False, True], ids=["finite", "special-values"])
-def test_avx2_and_portable_taylor_agree_bitwise(dtype, special):
+def test_simd_and_portable_taylor_agree_bitwise(level, dtype, special):
     params = _layers(dtype, seed=5, special=special)
     grads = _layers(dtype, seed=6, special=special)
-    with simd(True):
+    with simd_level(level):
         fast = _ops.taylor_scores(params, grads)
-    with simd(False):
+    with simd_level("portable"):
         portable = _ops.taylor_scores(params, grads)
     assert_same_bits(fast, portable, f"taylor {dtype}")
 
 
-@needs_avx2
+@over_simd_levels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-def test_avx2_and_portable_taylor_agree_bitwise_on_1d_tensors(dtype):
+def test_simd_and_portable_taylor_agree_bitwise_on_1d_tensors(level, dtype):
     # BatchNorm weight and bias: one element per channel, where the AVX2 path multiplies
     # directly instead of folding lanes; signed zeros, underflow, inf and NaN included.
     g = torch.Generator().manual_seed(8)
@@ -120,11 +141,11 @@ def test_avx2_and_portable_taylor_agree_bitwise_on_1d_tensors(dtype):
     params = [torch.randn(n, generator=g).to(dtype) for n in (1, 7, 64, 300)] + [special.to(dtype)]
     grads = [torch.randn(n, generator=g).to(dtype) for n in (1, 7, 64, 300)] + [special.flip(0).to(dtype)]
     offsets = [0, 1, 8, 72, 72]  # the last two share channels, as a BN's weight and bias do
-    with simd(True):
+    with simd_level(level):
         fast = _ops.taylor_scores(params, grads, offsets, 372, mode="abs")
         acc_fast = torch.zeros(372)
         _ops.taylor_accumulate_(acc_fast, torch.zeros(1, dtype=torch.int64), params[:4], grads[:4], offsets[:4])
-    with simd(False):
+    with simd_level("portable"):
         portable = _ops.taylor_scores(params, grads, offsets, 372, mode="abs")
         acc_port = torch.zeros(372)
         _ops.taylor_accumulate_(acc_port, torch.zeros(1, dtype=torch.int64), params[:4], grads[:4], offsets[:4])
@@ -132,11 +153,11 @@ def test_avx2_and_portable_taylor_agree_bitwise_on_1d_tensors(dtype):
     assert_same_bits(acc_fast, acc_port, f"taylor_accumulate_ 1-D {dtype}")
 
 
-def test_scores_match_reference_with_either_kernel():
+def test_scores_match_reference_with_every_kernel():
     layers = _layers(torch.float32, seed=11)
     expected = reference.channel_scores(layers, "l2")
-    for enabled in (True, False):
-        with simd(enabled):
+    for level in ("avx512", "avx2", "portable"):
+        with simd_level(level):
             torch.testing.assert_close(_ops.channel_scores(layers, "l2"), expected, rtol=1e-5, atol=1e-6)
 
 
