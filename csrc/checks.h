@@ -75,7 +75,8 @@ inline std::vector<int64_t> check_offsets(at::TensorList tensors, at::IntArrayRe
     out.assign(offsets.begin(), offsets.end());
   }
   for (size_t i = 0; i < tensors.size(); ++i)
-    TORCH_CHECK_VALUE(out[i] >= 0 && out[i] + tensors[i].size(0) <= channels, "tensor ", i,
+    // out[i] <= channels - rows, not out[i] + rows <= channels: an offset near 2^63 must not wrap.
+    TORCH_CHECK_VALUE(out[i] >= 0 && out[i] <= channels - tensors[i].size(0), "tensor ", i,
                       " maps rows ", out[i], "..", out[i] + tensors[i].size(0) - 1,
                       " outside the ", channels, " channels");
   return out;
@@ -124,6 +125,9 @@ inline std::vector<int64_t> segment_offsets(at::IntArrayRef sizes, int64_t total
   std::vector<int64_t> offsets(sizes.size() + 1, 0);
   for (size_t s = 0; s < sizes.size(); ++s) {
     TORCH_CHECK_VALUE(sizes[s] >= 0, "segment_sizes[", s, "] = ", sizes[s], " is negative");
+    // Compared before adding: sizes near 2^63 must not wrap around to a sum that matches.
+    TORCH_CHECK_VALUE(sizes[s] <= total - offsets[s], "segment_sizes add up to more than the ", total,
+                      " channels (from segment_sizes[", s, "] = ", sizes[s], " on)");
     offsets[s + 1] = offsets[s] + sizes[s];
   }
   TORCH_CHECK_VALUE(sizes.empty() || offsets.back() == total, "segment_sizes add up to ",

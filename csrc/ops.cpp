@@ -46,7 +46,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              "F16C) or 'portable', picked at run time.");
   module.def("set_cpu_simd", &epi_fast::set_cpu_simd, pybind11::arg("enabled"),
              "Allow (True: the best the CPU has) or forbid (False) the SIMD CPU row kernels; returns "
-             "whether they were allowed. All give the same bits; this exists to test and time them.");
+             "whether they were allowed. All give the same bits; this exists to test and time them. "
+             "It does not restore a cap set by set_cpu_simd_level: restore that with the level name "
+             "set_cpu_simd_level returned.");
   module.def("set_cpu_simd_level", &epi_fast::set_cpu_simd_level, pybind11::arg("level"),
              "Cap the CPU row kernels at 'avx512', 'avx2' or 'portable' (the CPU may allow less); "
              "returns the previous cap.");

@@ -78,11 +78,12 @@ def group_reduce_trusted(scores, group_ptr, member_idx, reduce: str = "sum") -> 
 def _schema_args(ratios, segment_sizes, min_keep) -> bool:
     """Whether the arguments are already what the schema takes (float[], int[], int) with the
     meaning the Python checks give them. Anything else (a single float, tensors, numpy scalars,
-    bools) goes through the Python checks, which convert or refuse it."""
+    bools, and an empty segment_sizes, which the schema reads as "no segments" and the API
+    refuses) goes through the Python checks, which convert or refuse it."""
     return (
         type(ratios) in (list, tuple)
         and all(type(p) is float for p in ratios)
-        and (segment_sizes is None or (type(segment_sizes) in (list, tuple)
+        and (segment_sizes is None or (type(segment_sizes) in (list, tuple) and len(segment_sizes) > 0
                                        and all(type(s) is int for s in segment_sizes)))
         and type(min_keep) is int
     )

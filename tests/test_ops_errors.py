@@ -75,6 +75,8 @@ TAYLOR = [
      TypeError, r"grads\[0\] has dtype torch.int32"),
     ("0-dim", lambda i, o: o.taylor_scores([ones(i)], [ones(i)]), ValueError, r"params\[0\] is 0-dimensional"),
     ("offsets-count", lambda i, o: o.taylor_scores(pg(i), pg(i), offsets=[0]), ValueError, r"offsets has 1 entries for 2 tensors"),
+    ("offsets-near-int64-max", lambda i, o: o.taylor_scores(pg(i), pg(i), offsets=[0, 2**63 - 1], num_channels=4),
+     ValueError, r"tensor 1 maps rows 9223372036854775807\.\..* outside the 4 channels"),
     ("offsets-fractional", lambda i, o: o.taylor_scores(pg(i), pg(i), offsets=[0, 0.5]), TypeError,
      r"offsets must be a sequence of integers, got \[0, 0.5\]"),
     ("num-channels-fractional", lambda i, o: o.taylor_scores(pg(i), pg(i), num_channels=4.5), TypeError,
@@ -203,6 +205,10 @@ GLOBAL_MASKS = [
     ("sizes-too-many", gm(0.5, [4, 4, 1]), ValueError, r"segment_sizes add up to 9, but there are 8 channels"),
     ("size-negative", gm(0.5, [9, -1]), ValueError, r"segment_sizes\[1\] = -1 is negative"),
     ("sizes-empty", gm(0.5, []), ValueError, r"segment_sizes is empty"),
+    ("sizes-empty-list-ratios", gm([0.5], []), ValueError, r"segment_sizes is empty"),
+    # non-negative sizes whose int64 sum wraps around to exactly 8
+    ("sizes-wrap-around", gm([0.5], [2**62, 2**62, 2**62, 2**62, 8]), ValueError,
+     r"segment_sizes add up to 18446744073709551624, but there are 8 channels"),
     ("sizes-float", gm(0.5, [4.0, 4.0]), TypeError, r"segment_sizes must be a sequence of integers"),
     ("sizes-float-tensor", gm(0.5, torch.tensor([4.0, 4.0])), TypeError, r"segment_sizes must hold integers, got torch.float32"),
     ("sizes-2d-tensor", gm(0.5, torch.tensor([[4, 4]])), ValueError, r"segment_sizes must be 1-D"),
@@ -282,3 +288,23 @@ def test_accumulate_error_leaves_accumulators_unchanged(impl):
         with pytest.raises(err):
             call()
         assert a.cpu().tolist() == [1.0, 2.0] and int(s) == 4
+
+
+def test_operators_refuse_sizes_and_offsets_that_wrap_int64(impl):
+    # The C++ checks themselves (torch.ops, no Python checks first): sums near 2^63 must be
+    # refused, not wrap around to a value that passes and index memory out of bounds.
+    if not impl.compiled:
+        pytest.skip("the reference has no C++ checks")
+    op = torch.ops.epi_fast
+    s = scores(impl, 8)
+    with pytest.raises(ValueError, match=r"segment_sizes add up to more than the 8 channels \(from segment_sizes\[0\] = 4611686018427387904 on\)"):
+        op.global_masks(s, [0.5], [2**62, 2**62, 2**62, 2**62, 8], 1)
+    with pytest.raises(ValueError, match=r"segment_sizes add up to more than the 8 channels"):
+        op.global_masks_counts(s, [0.5], [2**63 - 1, 2**63 - 1, 10], 0)
+    with pytest.raises(ValueError, match=r"segment_sizes add up to more than the 8 channels"):
+        op.layer_counts(bmask(impl, 2, 8), [2**63 - 1, 2**63 - 1, 10])
+    a = torch.zeros(4, device=impl.device)
+    k = torch.zeros(1, dtype=I64, device=impl.device)
+    with pytest.raises(ValueError, match=r"tensor 0 maps rows .* outside the 4 channels"):
+        op.taylor_accumulate_(a, k, [ones(impl, 2, 3)], [ones(impl, 2, 3)], [2**63 - 1], None, "square")
+    assert a.cpu().tolist() == [0.0] * 4 and int(k) == 0
