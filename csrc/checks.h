@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "epi_fast/kernel_math.h"
@@ -133,6 +134,20 @@ inline std::vector<int64_t> segment_offsets(at::IntArrayRef sizes, int64_t total
   TORCH_CHECK_VALUE(sizes.empty() || offsets.back() == total, "segment_sizes add up to ",
                     offsets.back(), ", but there are ", total, " channels");
   return offsets;
+}
+
+// global_masks_counts for any backend: that backend's global_masks, then its layer_counts on
+// the masks just written (in cache on the CPU, queued on the same stream on CUDA), so the
+// dispatcher and the Python wrapper are crossed once instead of twice.
+template <typename MasksFn, typename CountsFn>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masks_then_counts(MasksFn global_masks_fn, CountsFn layer_counts_fn,
+                                                                 const at::Tensor& scores,
+                                                                 at::ArrayRef<double> ratios,
+                                                                 at::IntArrayRef segment_sizes, int64_t min_keep) {
+  TORCH_CHECK_VALUE(!segment_sizes.empty(), "segment_sizes is empty: counts are taken per segment");
+  auto [masks, thresholds] = global_masks_fn(scores, ratios, segment_sizes, min_keep);
+  at::Tensor counts = layer_counts_fn(masks, segment_sizes);
+  return {masks, thresholds, counts};
 }
 
 inline std::vector<int64_t> removal_counts(at::ArrayRef<double> ratios, int64_t n,

@@ -89,6 +89,16 @@ def _schema_args(ratios, segment_sizes, min_keep) -> bool:
     )
 
 
+def _mask_args(scores, ratios, segment_sizes, min_keep):
+    """The Python checks of global_masks' arguments, as the schema takes them: (ratios as
+    floats, segment sizes as ints ([] for None), min_keep)."""
+    V.scores_vector(scores)
+    ratios_ = V.ratios(ratios)
+    keep = V.min_keep(min_keep)
+    sizes = [] if segment_sizes is None else V.segment_sizes(segment_sizes, scores.numel())
+    return ratios_, sizes, keep
+
+
 def global_masks(scores, ratios, segment_sizes=None, min_keep: int = 1):
     # Operator first, as in channel_scores: the kernels check scores, ratios, segment sizes,
     # min_keep and NaN before writing anything (csrc/checks.h); the Python checks run only to
@@ -98,11 +108,7 @@ def global_masks(scores, ratios, segment_sizes=None, min_keep: int = 1):
             return _ops.global_masks(scores, ratios, [] if segment_sizes is None else segment_sizes, min_keep)
         except (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError):
             pass
-    V.scores_vector(scores)
-    ratios_ = V.ratios(ratios)
-    keep = V.min_keep(min_keep)
-    sizes = [] if segment_sizes is None else V.segment_sizes(segment_sizes, scores.numel())
-    return _ops.global_masks(scores, ratios_, sizes, keep)
+    return _ops.global_masks(scores, *_mask_args(scores, ratios, segment_sizes, min_keep))
 
 
 def layer_counts(masks, segment_sizes) -> torch.Tensor:
@@ -121,12 +127,9 @@ def global_masks_counts(scores, ratios, segment_sizes, min_keep: int = 1):
             return _ops.global_masks_counts(scores, ratios, segment_sizes, min_keep)
         except (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError):
             pass
-    V.scores_vector(scores)
-    ratios_ = V.ratios(ratios)
-    keep = V.min_keep(min_keep)
+    ratios_, sizes, keep = _mask_args(scores, ratios, segment_sizes, min_keep)
     if segment_sizes is None:
         raise ValueError("segment_sizes is None: counts are taken per segment, pass the layer sizes")
-    sizes = V.segment_sizes(segment_sizes, scores.numel())
     return _ops.global_masks_counts(scores, ratios_, sizes, keep)
 
 

@@ -418,10 +418,11 @@ class EPIPruner:
 
     def _structures(self, scores: torch.Tensor) -> torch.Tensor:
         """int64 [ratios, L] kept counts per layer for every tracked ratio, on the host."""
-        ops = _ops()
-        _, _, groups = ops.global_masks_counts(scores, self.ratios, self._layout.group_sizes, self.min_keep)
-        counts = self._layout.structure_from_counts(groups)
-        return self._broadcast(counts).cpu()
+        return self._broadcast(self._structures_on_device(scores)).cpu()
+
+    def _structures_on_device(self, scores: torch.Tensor) -> torch.Tensor:
+        _, _, groups = _ops().global_masks_counts(scores, self.ratios, self._layout.group_sizes, self.min_keep)
+        return self._layout.structure_from_counts(groups)
 
     def _record(self, counts: torch.Tensor) -> None:
         update_indicators([self.indicators[r] for r in self.ratios], counts)
@@ -441,9 +442,7 @@ class EPIPruner:
             self._t0_recorded = True
 
     def _structures_local(self, scores: torch.Tensor) -> torch.Tensor:
-        ops = _ops()
-        _, _, groups = ops.global_masks_counts(scores, self.ratios, self._layout.group_sizes, self.min_keep)
-        return self._layout.structure_from_counts(groups).cpu()
+        return self._structures_on_device(scores).cpu()
 
     def _sizes(self) -> Dict[str, int]:
         from .surgery import count_ops

@@ -25,15 +25,6 @@ RATIOS_9 = [i / 10 for i in range(1, 10)]
 
 
 @contextlib.contextmanager
-def simd(enabled: bool):
-    previous = _C.set_cpu_simd(enabled)
-    try:
-        yield
-    finally:
-        _C.set_cpu_simd(previous)
-
-
-@contextlib.contextmanager
 def simd_level(level: str):
     previous = _C.set_cpu_simd_level(level)
     try:
@@ -55,8 +46,12 @@ over_simd_levels = pytest.mark.parametrize("level", [
 
 
 def test_simd_switch_reports_and_restores():
-    with simd(False):
+    previous = _C.set_cpu_simd(False)
+    try:
         assert _C.cpu_simd() == "portable"
+        assert _C.set_cpu_simd(True) is False  # it was off
+    finally:
+        _C.set_cpu_simd(previous)
     assert _C.cpu_simd() in ("avx512", "avx2", "portable")
     with simd_level("avx2"):
         assert _C.cpu_simd() in ("avx2", "portable")

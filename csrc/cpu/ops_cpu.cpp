@@ -757,16 +757,11 @@ at::Tensor layer_counts_cpu(const at::Tensor& masks_in, at::IntArrayRef segment_
   return counts;
 }
 
-// The epoch-end pair in one call: counts are taken from the masks while they are still in cache,
-// and the dispatcher and the Python wrapper are crossed once instead of twice.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> global_masks_counts_cpu(const at::Tensor& scores,
                                                                        at::ArrayRef<double> ratios,
                                                                        at::IntArrayRef segment_sizes,
                                                                        int64_t min_keep) {
-  TORCH_CHECK_VALUE(!segment_sizes.empty(), "segment_sizes is empty: counts are taken per segment");
-  auto [masks, thresholds] = global_masks_cpu(scores, ratios, segment_sizes, min_keep);
-  at::Tensor counts = layer_counts_cpu(masks, segment_sizes);
-  return {masks, thresholds, counts};
+  return masks_then_counts(global_masks_cpu, layer_counts_cpu, scores, ratios, segment_sizes, min_keep);
 }
 
 std::tuple<at::Tensor, at::Tensor> mask_overlap_cpu(const at::Tensor& a_in, const at::Tensor& b_in,

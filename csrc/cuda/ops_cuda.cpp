@@ -183,15 +183,11 @@ at::Tensor layer_counts_cuda(const at::Tensor& masks_in, at::IntArrayRef segment
   return counts;
 }
 
-// global_masks then layer_counts, queued on the same stream (see global_masks_counts_cpu).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> global_masks_counts_cuda(const at::Tensor& scores,
                                                                         at::ArrayRef<double> ratios,
                                                                         at::IntArrayRef segment_sizes,
                                                                         int64_t min_keep) {
-  TORCH_CHECK_VALUE(!segment_sizes.empty(), "segment_sizes is empty: counts are taken per segment");
-  auto [masks, thresholds] = global_masks_cuda(scores, ratios, segment_sizes, min_keep);
-  at::Tensor counts = layer_counts_cuda(masks, segment_sizes);
-  return {masks, thresholds, counts};
+  return masks_then_counts(global_masks_cuda, layer_counts_cuda, scores, ratios, segment_sizes, min_keep);
 }
 
 std::tuple<at::Tensor, at::Tensor> mask_overlap_cuda(const at::Tensor& a_in, const at::Tensor& b_in,
