@@ -1,9 +1,9 @@
 """The benchmark cases: each one gives every implementation the same inputs.
 
 Implementations (the names used in results):
-- ``fused``: the compiled operators (epi_fast._ops);
+- ``fused``: the compiled operators (epi_fast.ops);
 - ``loop``: plain PyTorch written the way a user would, one small op per layer;
-- ``reference``: epi_fast.reference, the project's plain-PyTorch oracle;
+- ``reference``: epi_fast.ops.reference, the project's plain-PyTorch oracle;
 - ``compiled``: the reference under torch.compile (GPU runs only);
 - ``torch_pruning`` / ``torch_pruning_mag``: Torch-Pruning's GroupMagnitudeImportance(p=2) /
   MagnitudeImportance(p=2) over DependencyGraph.get_all_groups (scoring, torchvision models).
@@ -18,8 +18,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-import epi_fast._ops as fused
-import epi_fast.reference as ref
+import epi_fast.ops as fused
+import epi_fast.ops.reference as ref
 
 from .workloads import Workload
 
@@ -345,13 +345,13 @@ def pipeline(w: Workload, compile_ref: bool, epi: bool = True) -> Case:
 
 
 def group_reduce_case(w: Workload, compile_ref: bool) -> Case:
-    """Group scatter over a coupled model's CSR layout (epi_fast.graph.group_layout), or a
+    """Group scatter over a coupled model's CSR layout (epi_fast.layout.group_layout), or a
     synthetic CSR when the layout cannot be built."""
     device = w.weights[0].device
-    source = "epi_fast.graph.group_layout + epi_fast.scoring.score_plan('rows')"
+    source = "epi_fast.layout.group_layout + epi_fast.criteria.score_plan('rows')"
     try:
-        from epi_fast.graph import group_layout
-        from epi_fast.scoring import score_plan
+        from epi_fast.layout import group_layout
+        from epi_fast.criteria import score_plan
 
         layout = group_layout(w.module, w.example_input)
         plan = score_plan(layout, "rows")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-import epi_fast._ops as F
-from epi_fast._ext import _C
+import epi_fast.ops as F
+from epi_fast.ops._ext import _C
 
 from . import cases as C
 from . import report

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from epi_fast.report import write_bytes
+from epi_fast._io import write_bytes
 
 # --- naming ----------------------------------------------------------------------------------
 

@@ -285,7 +285,7 @@ def environment(cfg: Config) -> dict:
         env["epi_fast"] = f"info() failed: {err}"
     if cfg.device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(cfg.device)
-    from epi_fast._ext import _C
+    from epi_fast.ops._ext import _C
 
     env["cpu_simd"] = _C.cpu_simd()
     env["last_level_cache_bytes"] = T.last_level_cache_bytes(cfg.device)

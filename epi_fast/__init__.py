@@ -10,30 +10,31 @@ from __future__ import annotations
 
 import importlib
 
-from ._ops import (
+from ._version import __version__
+from .ops import (
     channel_scores,
     global_masks,
     global_masks_counts,
     group_reduce,
+    info,
     layer_counts,
     mask_overlap,
     taylor_accumulate_,
     taylor_scores,
 )
-from ._version import __version__
-from ._info import info
 
+# name -> (module, attribute); attribute None means the module itself.
 _LAZY = {
-    "group_layout": "graph",
-    "GroupLayout": "graph",
-    "prune": "surgery",
-    "save_pruned": "serialize",
-    "load_pruned": "serialize",
-    "build_model": "models",
-    "EarlyPruningIndicator": "indicator",
-    "EarlyBirdIndicator": "indicator",
-    "EPIPruner": "pruner",
-    "reference": None,
+    "group_layout": ("epi_fast.layout", "group_layout"),
+    "GroupLayout": ("epi_fast.layout", "GroupLayout"),
+    "prune": ("epi_fast.surgery", "prune"),
+    "save_pruned": ("epi_fast.surgery", "save_pruned"),
+    "load_pruned": ("epi_fast.surgery", "load_pruned"),
+    "build_model": ("epi_fast.models", "build_model"),
+    "EarlyPruningIndicator": ("epi_fast.indicator", "EarlyPruningIndicator"),
+    "EarlyBirdIndicator": ("epi_fast.indicator", "EarlyBirdIndicator"),
+    "EPIPruner": ("epi_fast.policy", "EPIPruner"),
+    "reference": ("epi_fast.ops.reference", None),
 }
 
 __all__ = [
@@ -54,11 +55,10 @@ __all__ = [
 def __getattr__(name: str):
     if name not in _LAZY:
         raise AttributeError(f"module 'epi_fast' has no attribute {name!r}")
-    module = _LAZY[name]
-    if module is None:
-        value = importlib.import_module(f".{name}", __name__)
-    else:
-        value = getattr(importlib.import_module(f".{module}", __name__), name)
+    module, attr = _LAZY[name]
+    value = importlib.import_module(module)
+    if attr is not None:
+        value = getattr(value, attr)
     globals()[name] = value
     return value
 

@@ -1,6 +1,6 @@
 """``python -m epi_fast.info``: prints ``epi_fast.info()`` as JSON."""
 
-from ._info import main
+from .ops._info import main
 
 if __name__ == "__main__":
     main()

@@ -73,7 +73,7 @@ HARD = dict(train_subset=400, label_noise=0.2, pixel_noise=0.6, occlusion=4)
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
     try:
-        from epi_fast.cli import _lr_lambda as f  # the main job's schedule
+        from epi_fast.app.cli import _lr_lambda as f  # the main job's schedule
         return f(total_steps, warmup_steps)
     except Exception:  # cli.py is being written by others; same formula
         def g(step: int) -> float:
@@ -93,14 +93,14 @@ def _seed_everything(seed: int) -> None:
 
 
 def _atomic_json(path: str, obj: Any) -> None:
-    from epi_fast.report import write_json
+    from epi_fast._io import write_json
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_json(path, obj)
 
 
 def _atomic_text(path: str, text: str) -> None:
-    from epi_fast.report import write_bytes
+    from epi_fast._io import write_bytes
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_bytes(path, text.encode("utf-8"))
@@ -138,7 +138,7 @@ def _to_tensors(ds) -> Tensors:
 def load_setting(setting: str, seed: int, train_subset: Optional[int] = None):
     """(train Tensors, test Tensors, num_classes, in_channels, input (H, W), description)."""
     import torch
-    from epi_fast.data import load_dataset
+    from epi_fast.app.data import load_dataset
 
     if setting in ("digits", "digits-hard"):
         bundle = load_dataset("digits", seed=seed)
@@ -246,8 +246,8 @@ def taylor_scores_at_init(model, data: Tensors, example, reduce: str = "sum") ->
     """Gradient scores at t = 0: first-order Taylor averaged over one ordered pass of the training
     set with the initial weights and no update (on a copy, so nothing of the run changes)."""
     import torch.nn.functional as F
-    from epi_fast.graph import group_layout
-    from epi_fast.scoring import TaylorAccumulator
+    from epi_fast.layout import group_layout
+    from epi_fast.criteria import TaylorAccumulator
 
     m = copy.deepcopy(model)
     m.train()
@@ -277,10 +277,10 @@ def _spearman_kendall(a, b) -> Tuple[float, float]:
 def run_unit(cfg: Dict[str, Any]) -> Dict[str, Any]:
     import torch
     from epi_fast import global_masks_counts
-    from epi_fast.graph import group_layout
+    from epi_fast.layout import group_layout
     from epi_fast.indicator import EarlyBirdIndicator, EarlyPruningIndicator, update_indicators
     from epi_fast.models import build_model
-    from epi_fast.scoring import TaylorAccumulator, magnitude_scores
+    from epi_fast.criteria import TaylorAccumulator, magnitude_scores
     from epi_fast.surgery import count_ops, prune
 
     torch.set_num_threads(1)
@@ -556,9 +556,9 @@ def timing_pass(units: List[Dict[str, Any]]) -> Dict[str, Any]:
     in-run timings share the CPU with the other worker and with other users' jobs, and a
     benchmark pause can fall inside an epoch). Epoch seconds = median step seconds x steps."""
     import torch
-    from epi_fast.graph import group_layout
+    from epi_fast.layout import group_layout
     from epi_fast.models import build_model
-    from epi_fast.scoring import TaylorAccumulator
+    from epi_fast.criteria import TaylorAccumulator
     from epi_fast.surgery import prune_with_masks
 
     torch.set_num_threads(1)
@@ -719,7 +719,7 @@ def _curve_stats(curves: List[List[Optional[float]]]):
 
 def figures(units: List[Dict[str, Any]], setting: str, outdir: str) -> List[str]:
     from matplotlib.figure import Figure
-    from epi_fast.report import write_png
+    from epi_fast.app.report import write_png
 
     made = []
     crits = sorted({u["config"]["criterion"] for u in units})

@@ -2,8 +2,8 @@
 
 Implementations (the ``impl`` fixture, ids read as ``[reference]``, ``[cpu]``, ``[cuda]``):
 
-- ``reference``: ``epi_fast.reference`` (plain PyTorch) on CPU tensors, the oracle;
-- ``cpu``: the compiled operators ``epi_fast._ops`` on CPU tensors;
+- ``reference``: ``epi_fast.ops.reference`` (plain PyTorch) on CPU tensors, the oracle;
+- ``cpu``: the compiled operators ``epi_fast.ops`` on CPU tensors;
 - ``cuda``: the compiled operators on CUDA tensors, skipped (with the reason) when
   ``torch.cuda.is_available()`` is false.
 
@@ -33,7 +33,7 @@ from types import ModuleType
 import pytest
 import torch
 
-import epi_fast.reference as reference
+import epi_fast.ops.reference as reference
 
 U = 2.0 ** -24  # unit roundoff of float32
 RTOL = 1e-5
@@ -61,12 +61,12 @@ class Impl:
 
 
 def compiled_ops() -> ModuleType:
-    """``epi_fast._ops``, or a loud failure that says how to build it (never a skip)."""
+    """``epi_fast.ops``, or a loud failure that says how to build it (never a skip)."""
     try:
-        return importlib.import_module("epi_fast._ops")
+        return importlib.import_module("epi_fast.ops")
     except Exception as exc:  # ImportError, or an ABI error raised by the loader
         pytest.fail(
-            "the compiled operators (epi_fast._ops) cannot be imported: "
+            "the compiled operators (epi_fast.ops) cannot be imported: "
             f"{type(exc).__name__}: {exc}. Build the extension (pip install -e . --no-build-isolation) "
             "or run only the oracle's tests with `-k reference`.",
             pytrace=False,

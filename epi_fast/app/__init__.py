@@ -1,0 +1,1 @@
+"""The `epi-fast` application: the command line, its data sets and its reports."""

@@ -1,0 +1,549 @@
+"""The `epi-fast` command: `train` (EPI-guided training, this file) and `prune` (cli_prune).
+
+    epi-fast train --out runs/digits            # digits, resnet_small, ratio 0.5, magnitude
+    epi-fast train --data /data/cifar-10-batches-py --criterion gradient --epochs 60 --out runs/c10
+
+Exit status: 0 on success, 2 for a usage error (bad option, missing data, --out exists), 1 for a
+failure while running. Errors are one line on stderr; `--debug` adds the traceback.
+
+`--out` is filled atomically: everything is written into a private sibling directory that is
+renamed to `--out` only when the run has finished, so `--out` never holds half a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from .errors import one_line, positive_int, run_reporting_errors
+
+__all__ = ["main", "build_parser", "UsageError", "TRAIN_DEFAULTS"]
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints the whole usage block and calls sys.exit(2); the contract is one line on
+    # stderr, so errors are raised and reported by main() instead.
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+# Tuned so that the default run (digits, resnet_small, magnitude, ratio 0.5) finishes well
+# inside 5 minutes on 2 CPU cores, prunes because EPI fired, and ends above 0.9 top-1;
+# see docs/EPI_USAGE.md for the measurements.
+TRAIN_DEFAULTS: Dict[str, Any] = {
+    "data": "digits",
+    "model": "resnet_small",
+    "ratio": 0.5,
+    "criterion": "magnitude",
+    "epochs": 30,
+    "batch_size": 64,
+    "lr": 0.05,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "warmup_epochs": 1,
+    "window": 5,
+    "patience": 5,
+}
+
+
+def _ratio(text: str) -> float:
+    try:
+        r = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < r < 1.0:
+        raise argparse.ArgumentTypeError(f"a prune ratio must be in (0, 1), got {text}")
+    return r
+
+
+def _ratios(text: str) -> List[float]:
+    return [_ratio(t) for t in text.replace(",", " ").split() if t]
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def _tau(text: str) -> float:
+    v = _positive_float(text)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"tau must be in (0, 1], got {text}")
+    return v
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    from .data import FORMATS
+    from ..policy.pruner import CRITERIA
+
+    d = TRAIN_DEFAULTS
+    p = subparsers.add_parser(
+        "train",
+        help="train with the Early Pruning Indicator and prune when it fires",
+        description="Train a network, track the EPI of its pruned sub-network each epoch, prune "
+        "structurally when EPI fires (or at --deadline-epoch), and finish training the smaller network.",
+    )
+    g = p.add_argument_group("data and model")
+    g.add_argument("--data", default=d["data"], help="'digits' (embedded, default), an ImageFolder directory, or a CIFAR-10 python batches directory")
+    g.add_argument("--data-format", default="auto", choices=FORMATS, help="format of --data (default: detected)")
+    g.add_argument("--input-size", type=positive_int, nargs="+", metavar="N", help="ImageFolder image size: H [W] (default 32)")
+    g.add_argument("--model", default=d["model"], help="architecture name for epi_fast.models.build_model (default %(default)s)")
+    g = p.add_argument_group("pruning policy")
+    g.add_argument("--ratio", type=_ratio, default=d["ratio"], help="target prune ratio in (0, 1) (default %(default)s)")
+    g.add_argument("--criterion", default=d["criterion"], choices=CRITERIA, help="neuron importance (default %(default)s)")
+    g.add_argument("--window", type=positive_int, default=d["window"], help="EPI window r (default %(default)s)")
+    g.add_argument("--tau", type=_tau, default=None, help="EPI threshold (default 0.944 for gradient/taylor, 0.983 otherwise)")
+    g.add_argument("--patience", type=_non_negative_int, default=d["patience"], help="previous EPI values a firing EPI must not be below (default %(default)s)")
+    g.add_argument("--track-ratios", type=_ratios, default=[], metavar="R[,R...]", help="more ratios whose EPI curves are recorded, e.g. 0.3,0.7")
+    g.add_argument("--deadline-epoch", type=positive_int, default=None, help="prune after this epoch if EPI has not fired")
+    g.add_argument(
+        "--group-reduce", default=None, choices=("sum", "mean", "max"),
+        help="how coupled channels (residual adds) combine into one neuron's score (default: sum for "
+        "gradient/taylor, mean for magnitude criteria)",
+    )
+    g.add_argument("--min-keep", type=positive_int, default=1, help="channels every group keeps (default %(default)s)")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=positive_int, default=d["epochs"], help="epochs in total (default %(default)s)")
+    g.add_argument("--batch-size", type=positive_int, default=d["batch_size"], help="(default %(default)s)")
+    g.add_argument("--lr", type=_positive_float, default=d["lr"], help="peak learning rate of SGD with Nesterov momentum, cosine decay (default %(default)s)")
+    g.add_argument("--momentum", type=_non_negative_float, default=d["momentum"], help="(default %(default)s)")
+    g.add_argument("--weight-decay", type=_non_negative_float, default=d["weight_decay"], help="(default %(default)s)")
+    g.add_argument("--warmup-epochs", type=_non_negative_int, default=d["warmup_epochs"], help="linear learning-rate warm-up (default %(default)s)")
+    g.add_argument("--amp", action="store_true", help="mixed precision: float16 + GradScaler on CUDA, bfloat16 on CPU")
+    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
+    g.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: 1 for digits, else the cores this process may use)")
+    g.add_argument("--workers", type=_non_negative_int, default=0, help="DataLoader worker processes (default %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="seeds the split, the initialisation and the batch order (default %(default)s)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", required=True, help="run directory to create (summary.json, metrics.jsonl, epi_curve.png, model.pt)")
+    g.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    g.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar")
+    g.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=run_train)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="epi-fast", description="Decide when to prune with the Early Pruning Indicator, and prune fast.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    add_train_parser(sub)
+    try:
+        cli_prune = importlib.import_module("epi_fast.app.prune_cmd")
+    except ModuleNotFoundError as e:
+        # Only a missing module is tolerated (a checkout without the prune command); an error
+        # inside it must surface.
+        if e.name != "epi_fast.app.prune_cmd":
+            raise
+    else:
+        cli_prune.add_parser(sub)
+    return parser
+
+
+# -- training -------------------------------------------------------------------------------------
+
+def _available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_group_reduce(criterion: str) -> str:
+    """The train command's group score combination per criterion.
+
+    Taylor scores estimate the loss change of removing a neuron, and removing a coupled neuron
+    removes all its member channels, so their scores add up (Molchanov et al. 2019). Magnitudes
+    do not add that way: summed, a residual neuron shared by k layers outscores every lone
+    channel about k-fold, and on resnet_small ratio 0.5 then cuts every block's inner conv to one
+    channel from initialisation on (EPI "fires" at epoch 5 on a structure that never moved).
+    The mean keeps the ranking about the magnitudes.
+    """
+    from ..policy.pruner import GRADIENT_CRITERIA
+
+    return "sum" if criterion in GRADIENT_CRITERIA else "mean"
+
+
+def _default_threads(data: str) -> int:
+    # The digits network's convolutions are a few microseconds of work each: splitting them
+    # across threads costs more in synchronisation than it gains, and when another process
+    # holds a core, OpenMP's spinning threads slow a step down 5-40x (measured on 2 cores:
+    # 0.5 s per epoch on 1 thread, 5-37 s on 2 under load). Real images get every core.
+    return 1 if data == "digits" else _available_cores()
+
+
+def _validate_train(args) -> None:
+    """Every check that can fail before any work starts: these are usage errors (exit 2)."""
+    import torch
+
+    from .data import detect_format
+    from ..policy.pruner import default_tau
+
+    out = os.path.abspath(args.out)
+    if os.path.exists(out):
+        if not args.overwrite:
+            raise UsageError(f"--out {args.out} already exists (pass --overwrite to replace it)")
+        if not os.path.isdir(out):
+            raise UsageError(f"--out {args.out} exists and is not a directory")
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
+    elif args.device != "cpu":
+        raise UsageError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if args.deadline_epoch is not None and args.deadline_epoch > args.epochs:
+        raise UsageError(f"--deadline-epoch {args.deadline_epoch} is after the last epoch ({args.epochs})")
+    if args.warmup_epochs > args.epochs:
+        raise UsageError(f"--warmup-epochs {args.warmup_epochs} is more than --epochs {args.epochs}")
+    if args.input_size is not None and len(args.input_size) > 2:
+        raise UsageError(f"--input-size takes H or H W, got {len(args.input_size)} numbers")
+    if args.data_format == "auto":
+        try:
+            detect_format(args.data)
+        except (FileNotFoundError, ValueError) as e:
+            raise UsageError(f"--data: {e}") from None
+    elif args.data_format != "digits" and not os.path.isdir(args.data):
+        raise UsageError(f"--data {args.data}: no such directory")
+    if args.tau is None:
+        args.tau = default_tau(args.criterion)
+    if args.group_reduce is None:
+        args.group_reduce = default_group_reduce(args.criterion)
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int):
+    # Linear warm-up, then cosine to zero, per optimizer step: the schedule does not depend on
+    # the network, so it continues unchanged across the prune.
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _evaluate(model, loader, device, amp_dtype) -> float:
+    import torch
+
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            correct += int((model(x).argmax(1) == y).sum())
+            total += y.numel()
+    model.train(was_training)
+    return correct / max(1, total)
+
+
+def _ratio_key(r: float) -> str:
+    from .report import summary_ratio_key
+
+    return summary_ratio_key(r)
+
+
+def _padded(values: Sequence[Optional[float]], length: int) -> List[Optional[float]]:
+    return list(values)[:length] + [None] * max(0, length - len(values))
+
+
+def run_train(args) -> int:
+    _validate_train(args)
+    out = os.path.abspath(args.out)
+    parent = os.path.dirname(out)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {args.out}: cannot create its parent directory: {e.strerror}") from None
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)
+    try:
+        _train(args, staging)
+        _publish(staging, out)
+    except BaseException:
+        if args.debug:
+            print(f"epi-fast train: partial results kept in {staging}", file=sys.stderr)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    print(f"results in {args.out}")
+    return 0
+
+
+def _publish(staging: str, out: str) -> None:
+    """Rename the finished run into place; an existing --out (with --overwrite) is replaced
+    only once the new one is complete."""
+    if os.path.exists(out):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
+        os.rmdir(old)
+        os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+
+
+def _train(args, outdir: str) -> None:
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from . import report as rep
+    from .data import DataFormatError, load_dataset
+    from ..policy.pruner import EPIPruner
+
+    torch.set_num_threads(args.threads or _default_threads(args.data))
+    _seed_everything(args.seed)
+    device = torch.device(args.device)
+
+    try:
+        data = load_dataset(args.data, args.data_format, args.input_size, seed=args.seed)
+    except DataFormatError:
+        raise  # the files are there but broken: a failure, not a usage error
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"--data: {e}") from None
+
+    from ..models import build_model
+
+    try:
+        model = build_model(args.model, num_classes=data.num_classes, in_channels=data.in_channels)
+    except (KeyError, ValueError) as e:
+        raise UsageError(f"--model: {e.args[0] if e.args else e}") from None
+    model.to(device)
+
+    gen = torch.Generator().manual_seed(args.seed)
+    pin = device.type == "cuda"
+    train_loader = DataLoader(
+        data.train, batch_size=args.batch_size, shuffle=True, drop_last=len(data.train) > args.batch_size,
+        generator=gen, num_workers=args.workers, pin_memory=pin,
+    )
+    test_loader = DataLoader(data.test, batch_size=max(256, args.batch_size), num_workers=args.workers, pin_memory=pin)
+    if len(train_loader) == 0:
+        raise UsageError(f"--batch-size {args.batch_size}: the training set has only {len(data.train)} samples")
+
+    # No weight decay on BatchNorm and biases: decaying gamma would pull the BN magnitudes that
+    # the criterion ranks towards zero for reasons unrelated to importance.
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.dim() <= 1 else decay).append(p)
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0,
+    )
+    steps_per_epoch = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch)
+    )
+
+    amp_dtype = None
+    scaler = None
+    if args.amp:
+        amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+        # bfloat16 has float32's range: no loss scaling needed on the CPU.
+        scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+
+    example = data.example_input(1).to(device)
+    try:
+        pruner = EPIPruner(
+            model, optimizer, args.ratio, example, criterion=args.criterion, window=args.window, tau=args.tau,
+            patience=args.patience, track_ratios=args.track_ratios, deadline_epoch=args.deadline_epoch,
+            min_keep=args.min_keep, reduce=args.group_reduce,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+    metrics: List[Dict[str, Any]] = []
+    metrics_path = os.path.join(outdir, "metrics.jsonl")
+    t_start = time.perf_counter()
+    show = not args.no_progress
+    for epoch in range(1, args.epochs + 1):
+        t_epoch = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{args.epochs}", leave=False, file=sys.stderr,
+                   disable=not show, dynamic_ncols=True)
+        for x, y in train_loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                pruner.accumulate()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                pruner.accumulate()
+                optimizer.step()
+            scheduler.step()
+            # Device-side sums: no host sync per step.
+            loss_sum += loss.detach().float() * y.numel()
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.numel()
+            bar.update(1)
+        bar.close()
+        lr_now = optimizer.param_groups[0]["lr"]
+        pruned_now = pruner.epoch_end()
+        test_top1 = _evaluate(model, test_loader, device, amp_dtype)
+        epi_now = {_ratio_key(r): (h[epoch] if len(h) > epoch else None) for r, h in pruner.epi_history.items()}
+        params = sum(p.numel() for p in model.parameters())
+        record = {
+            "epoch": epoch,
+            "lr": lr_now,
+            "loss": float(loss_sum) / max(1, seen),
+            "train_top1": int(correct) / max(1, seen),
+            "test_top1": test_top1,
+            "epi": epi_now,
+            "pruned": pruner.pruned,
+            "pruned_now": pruned_now,
+            "params": params,
+            "seconds": time.perf_counter() - t_epoch,
+        }
+        metrics.append(record)
+        rep.write_jsonl(metrics_path, metrics)
+        target = epi_now[_ratio_key(args.ratio)]
+        line = (
+            f"epoch {epoch:3d}/{args.epochs}  loss {record['loss']:.4f}  train {record['train_top1']:.3f}  "
+            f"test {test_top1:.3f}  EPI {'-' if target is None else f'{target:.4f}'}  params {params}"
+        )
+        if pruned_now:
+            line += f"  <- pruned ({pruner.prune_reason})"
+        tqdm.write(line, file=sys.stdout)
+        if not math.isfinite(record["loss"]):
+            raise RuntimeError(f"training diverged at epoch {epoch} (loss is {record['loss']}); try a smaller --lr")
+    train_seconds = time.perf_counter() - t_start
+
+    model = pruner.module
+    rep_ = pruner.report()
+    T = args.epochs
+    epi_tracked = {_ratio_key(r): _padded(h, T + 1) for r, h in pruner.epi_history.items()}
+    summary = {
+        "data": data.name,
+        "model": args.model,
+        "ratio": args.ratio,
+        "criterion": args.criterion,
+        "window": args.window,
+        "tau": args.tau,
+        "patience": args.patience,
+        "track_ratios": sorted(pruner.ratios),
+        "deadline_epoch": args.deadline_epoch,
+        "epochs": T,
+        "prune_epoch": pruner.prune_epoch,
+        "prune_reason": pruner.prune_reason,
+        "epi": epi_tracked[_ratio_key(args.ratio)],
+        "epi_tracked": epi_tracked,
+        "params_before": rep_["params_before"],
+        "params_after": rep_["params_after"],
+        "flops_before": rep_["flops_before"],
+        "flops_after": rep_["flops_after"],
+        "macs_before": rep_.get("macs_before"),
+        "macs_after": rep_.get("macs_after"),
+        "kept_counts": pruner.kept_counts,
+        "top1_final": metrics[-1]["test_top1"],
+        "train_seconds": train_seconds,
+        "skipped_steps": pruner.skipped_steps,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "amp": bool(args.amp),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "group_reduce": args.group_reduce,
+    }
+    from ..surgery.serialize import save_pruned
+
+    save_pruned(
+        model, os.path.join(outdir, "model.pt"),
+        arch={"name": args.model, "kwargs": {"num_classes": data.num_classes, "in_channels": data.in_channels}},
+    )
+    rep.plot_epi_curve(
+        os.path.join(outdir, "epi_curve.png"), epi_tracked, args.tau, pruner.prune_epoch,
+        title=f"EPI, {args.model} on {data.name}, {args.criterion}",
+    )
+    rep.write_json(os.path.join(outdir, "summary.json"), summary)
+    pe = "never" if pruner.prune_epoch is None else f"after epoch {pruner.prune_epoch} ({pruner.prune_reason})"
+    print(
+        f"pruned {pe}; params {summary['params_before']} -> {summary['params_after']}; "
+        f"top-1 {summary['top1_final']:.4f}; {train_seconds:.1f} s"
+    )
+
+
+# -- entry point -----------------------------------------------------------------------------------
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help, --version
+        return int(e.code or 0)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        return 2
+    prog = f"epi-fast {args.command}"
+    args.debug = debug
+    func = getattr(args, "func", None)
+    if func is None:  # a subcommand registered without set_defaults(func=...)
+        from . import prune_cmd as cli_prune
+
+        func = cli_prune.run
+    return run_reporting_errors(prog, debug, lambda: func(args), (UsageError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Run reports: the EPI curve plot and the string keys of ratios in summary.json.
+
+The files themselves are written by `epi_fast._io` (atomically).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+from .._io import atomic_write, jsonable, write_bytes, write_json, write_jsonl
+
+__all__ = [
+    "atomic_write",
+    "write_bytes",
+    "write_json",
+    "write_jsonl",
+    "write_png",
+    "plot_epi_curve",
+    "jsonable",
+]
+
+
+def write_png(path: str | os.PathLike, figure: Any, dpi: int = 120) -> None:
+    """Save a matplotlib figure as PNG atomically (rendered to memory first)."""
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    write_bytes(path, buf.getvalue())
+
+
+def plot_epi_curve(
+    path: str | os.PathLike,
+    epi_tracked: Mapping[Any, Sequence[Optional[float]]],
+    tau: float,
+    prune_epoch: Optional[int],
+    title: Optional[str] = None,
+) -> None:
+    """EPI against epoch, one line per tracked ratio; tau dashed; the prune epoch marked.
+
+    `epi_tracked` maps a ratio (float or string) to its EPI values for epochs 0, 1, ...,
+    None where undefined. Uses the Agg backend through an explicit Figure, so it works
+    headless and never touches pyplot's global state.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    longest = 0
+    for ratio, values in sorted(epi_tracked.items(), key=lambda kv: float(kv[0])):
+        pts = [(t, v) for t, v in enumerate(values) if v is not None]
+        longest = max(longest, len(values))
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, label=f"ratio {float(ratio):g}")
+    ax.axhline(tau, color="black", linestyle="--", linewidth=1, label=f"tau = {tau:g}")
+    if prune_epoch is not None:
+        ax.axvline(prune_epoch, color="tab:red", linestyle=":", linewidth=1.5, label=f"pruned after epoch {prune_epoch}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("EPI")
+    ax.set_xlim(0, max(longest - 1, 1))
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title(title or "Early Pruning Indicator")
+    write_png(path, fig)
+
+
+def summary_ratio_key(ratio: float) -> str:
+    """The string key of a ratio in summary.json (`"0.5"`, `"0.25"`): shortest round-trip form."""
+    return repr(float(ratio))
+
+
+def mapping_with_string_ratios(values: Dict[float, Any]) -> Dict[str, Any]:
+    return {summary_ratio_key(r): v for r, v in values.items()}

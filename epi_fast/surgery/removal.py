@@ -1,0 +1,377 @@
+"""Physical channel removal: the model shrinks in place and its optimizer keeps working.
+
+Torch-Pruning removes the channels of every coupled group. Which entries of each parameter
+survive is learned, not assumed: just before pruning, every affected parameter is made to hold
+its own flat indices (float64, exact up to 2**53); after Torch-Pruning's slicing, whatever
+index mapping it applied (flatten, concat offsets, depthwise and grouped convs), each new
+parameter holds the indices of its surviving entries. The original values, gradients and
+optimizer state are gathered with those indices.
+
+Everything is validated before the model is touched; if anything fails while mutating, the
+model, its parameters and the optimizer are restored exactly.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from ..layout.graph import GroupLayout, group_layout, unwrap_model
+from ..criteria.scoring import MAGNITUDE_CRITERIA, REDUCTIONS, magnitude_scores
+
+from .. import ops
+
+__all__ = ["prune", "prune_with_masks", "count_ops"]
+
+_ALIASES = {"gradient": "taylor"}
+
+
+def count_ops(model: nn.Module, example_inputs) -> dict:
+    """params, MACs (multiply-adds, Torch-Pruning's counter) and FLOPs = 2 * MACs for one call
+    with example_inputs. The counter works on a copy in eval mode: no side effect."""
+    model = unwrap_model(model)
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+    with torch.no_grad():
+        macs, _ = tp.utils.count_ops_and_params(model, inputs)
+    params = sum(p.numel() for p in model.parameters())
+    return {"params": int(params), "macs": int(macs), "flops": int(2 * macs)}
+
+
+def _check_ratio(ratio) -> float:
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+        raise TypeError(f"ratio must be a number in [0, 1), got {ratio!r}")
+    ratio = float(ratio)
+    if not 0.0 <= ratio < 1.0:  # also rejects NaN
+        raise ValueError(f"ratio {ratio!r} is outside [0, 1): it is the fraction of group neurons removed")
+    return ratio
+
+
+def _check_min_keep(min_keep) -> int:
+    if isinstance(min_keep, bool) or not isinstance(min_keep, numbers.Integral) or min_keep < 1:
+        raise ValueError(
+            f"min_keep must be an integer >= 1 (a group with no channel left would disconnect the "
+            f"network), got {min_keep!r}"
+        )
+    return int(min_keep)
+
+
+def _check_layout(layout: GroupLayout, model: nn.Module) -> None:
+    if not isinstance(layout, GroupLayout):
+        raise TypeError(f"layout must be a GroupLayout from group_layout(), got {type(layout).__name__}")
+    if layout.model is not model:
+        raise ValueError("layout was built for another model; build it with group_layout(model, ...)")
+    if layout.__dict__.get("_spent"):
+        raise RuntimeError("layout was used to prune already; call group_layout again on the pruned model")
+    layout.check_current()
+
+
+def prune(
+    model: nn.Module,
+    ratio: float,
+    example_inputs,
+    criterion: str = "l2",
+    scores: Optional[torch.Tensor] = None,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    min_keep: int = 1,
+    ignored_layers=(),
+    layout: Optional[GroupLayout] = None,
+    reduce: str = "sum",
+) -> dict:
+    """Remove the lowest-scoring fraction `ratio` of the model's group neurons, in place.
+
+    Ratio semantics: a ratio is the fraction of prunable group neurons removed globally
+    (k = floor(ratio * N + 0.5) of the N neurons of `layout.group_sizes`), lowest scores first,
+    with at least `min_keep` neurons kept in every group. A group neuron is one output channel
+    of every layer it couples (residual adds, depthwise convs, concatenations).
+
+    scores: float32 [N] in the layout's order (e.g. `TaylorAccumulator.scores()`); without it
+    the magnitude `criterion` ("bn", "l1", "l2", "magnitude") scores the current weights,
+    combining member channels with `reduce`. optimizer: its state and param groups are remapped
+    to the pruned parameters. layout: a `group_layout` of this model (built if not given).
+
+    Returns a report: ratio, criterion, params/flops/macs before and after, layers and kept
+    (per-layer output channels after), channels_before, groups_pruned, neurons_removed,
+    channels_removed. Raises ValueError/TypeError before touching anything on bad input; on
+    any failure the model and optimizer are left unchanged.
+    """
+    model = unwrap_model(model)
+    ratio = _check_ratio(ratio)
+    min_keep = _check_min_keep(min_keep)
+    criterion = _ALIASES.get(criterion, criterion)
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"unknown reduce {reduce!r}; expected one of {', '.join(map(repr, REDUCTIONS))}")
+    if scores is None and criterion not in MAGNITUDE_CRITERIA:
+        if criterion == "taylor":
+            raise ValueError('criterion "taylor" needs scores=: pass TaylorAccumulator.scores()')
+        raise ValueError(f"unknown criterion {criterion!r}; expected one of {', '.join(map(repr, MAGNITUDE_CRITERIA))}")
+    if layout is None:
+        layout = group_layout(model, example_inputs, ignored_layers=ignored_layers)
+    else:
+        _check_layout(layout, model)
+    if layout.untraced:
+        shown = ", ".join(layout.untraced[:3]) + (", ..." if len(layout.untraced) > 3 else "")
+        warnings.warn(
+            f"{len(layout.untraced)} conv/linear layers were not reached by tracing ({shown}), e.g. "
+            "auxiliary heads that only run in training mode: they are not pruned, so the pruned "
+            "model may only run in eval mode",
+            stacklevel=2,
+        )
+    n = layout.num_neurons
+    given_scores = scores is not None
+    if scores is None:
+        scores = magnitude_scores(layout, criterion, reduce)
+    elif not isinstance(scores, torch.Tensor) or scores.dim() != 1 or scores.numel() != n:
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"scores must be a 1-D tensor of the layout's {n} group neurons, got {shape}")
+    masks, _ = ops.global_masks(scores, ratio, segment_sizes=layout.group_sizes, min_keep=min_keep)
+    keep = masks[0].cpu()
+    _check_optimizer(optimizer, layout, keep)
+
+    before = count_ops(model, example_inputs)
+    channels_before = [v for v in layout.layer_channels().values()]
+    groups_pruned = sum(1 for g, o in zip(layout.groups, layout.offsets) if not bool(keep[o:o + g.size].all()))
+    layers = list(layout.layers)
+    modules = dict(model.named_modules())
+    snapshot = _cut(model, layout, keep, optimizer)
+    try:
+        # Counting runs the pruned model: a model that no longer runs is undone, not returned.
+        after = count_ops(model, example_inputs)
+    except BaseException:
+        if snapshot is not None:
+            snapshot.restore()
+        raise
+    kept = [_out_channels(modules[name]) for name in layers]
+    return {
+        "ratio": ratio,
+        "criterion": criterion,
+        "scores": "given" if given_scores else "criterion",
+        "min_keep": min_keep,
+        "params_before": before["params"],
+        "params_after": after["params"],
+        "flops_before": before["flops"],
+        "flops_after": after["flops"],
+        "macs_before": before["macs"],
+        "macs_after": after["macs"],
+        "layers": layers,
+        "channels_before": channels_before,
+        "kept": kept,
+        "neurons": n,
+        "neurons_removed": int((~keep).sum()),
+        "groups": len(layout.groups),
+        "groups_pruned": groups_pruned,
+        "channels_removed": int(sum(channels_before) - sum(kept)),
+    }
+
+
+def _out_channels(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+def _check_mask(layout: GroupLayout, keep) -> torch.Tensor:
+    n = layout.num_neurons
+    if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool:
+        raise TypeError(f"keep mask must be a bool tensor, got {getattr(keep, 'dtype', type(keep).__name__)}")
+    if keep.dim() == 2 and keep.shape[0] == 1:
+        keep = keep[0]
+    if keep.dim() != 1 or keep.numel() != n:
+        raise ValueError(f"keep mask must have the layout's {n} group neurons, got shape {tuple(keep.shape)}")
+    keep = keep.cpu()
+    for g, o in zip(layout.groups, layout.offsets):
+        if not bool(keep[o:o + g.size].any()):
+            raise ValueError(f"keep mask removes every neuron of the group rooted at {g.root}")
+    return keep
+
+
+def _affected(layout: GroupLayout, keep: torch.Tensor):
+    """(group, pruned neurons) of every group that loses neurons, and the parameters they touch
+    as (owner module, attribute, parameter)."""
+    work = []
+    for g, o in zip(layout.groups, layout.offsets):
+        pruned = (~keep[o:o + g.size]).nonzero().flatten().tolist()
+        if pruned:
+            work.append((g, pruned))
+    touched = set()
+    for g, _ in work:
+        for mem in g.members:
+            touched.add(id(mem.module))
+    params = []
+    for module in layout.model.modules():
+        for attr, p in module._parameters.items():
+            # Members are modules, or bare Parameters (tp's "unwrapped" parameters). A tied
+            # parameter appears once per owner: every owner must get the new one.
+            if p is not None and (id(module) in touched or id(p) in touched):
+                params.append((module, attr, p))
+    return work, params
+
+
+def _optimizer_params(optimizer) -> set[int]:
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+def _check_optimizer(optimizer, layout: GroupLayout, keep: torch.Tensor) -> None:
+    if optimizer is None:
+        return
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    held = _optimizer_params(optimizer)
+    model_params = [p for p in layout.model.parameters() if p.requires_grad]
+    if model_params and not any(id(p) in held for p in model_params):
+        raise ValueError("the optimizer holds none of the model's parameters: pass the model's own optimizer")
+    _, params = _affected(layout, keep)
+    for module, attr, p in params:
+        if p.requires_grad and id(p) not in held:
+            name = _name_of(layout.model, module)
+            raise ValueError(f"the optimizer does not hold {name}.{attr}, which pruning changes")
+        for key, value in optimizer.state.get(p, {}).items():
+            if isinstance(value, torch.Tensor) and value.shape != p.shape and value.numel() > 1:
+                name = _name_of(layout.model, module)
+                raise ValueError(
+                    f"cannot remap optimizer state {key!r} of {name}.{attr}: shape {tuple(value.shape)} "
+                    f"is neither the parameter's {tuple(p.shape)} nor a scalar"
+                )
+
+
+def _name_of(model, module) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return name or type(model).__name__
+    return type(module).__name__
+
+
+class _Snapshot:
+    """Enough of the model, parameters, optimizer and dependency graph to undo a prune."""
+
+    def __init__(self, model, params, optimizer, dg, layout):
+        self.layout = layout
+        self.new_ids: set[int] = set()
+        self.dtypes: dict[int, torch.dtype] = {}
+        self.modules = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
+        self.params = [(p, p.data, p.grad) for _, _, p in params]
+        self.optimizer = optimizer
+        if optimizer is not None:
+            self.groups = [list(g["params"]) for g in optimizer.param_groups]
+            self.state = dict(optimizer.state)
+        self.dg = dg
+        self.dg_state = (dict(dg.module2node), dict(dg._param_to_name), list(dg._pruning_history))
+
+    def restore(self):
+        for m, attrs, params, buffers, children in self.modules:
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+            for d, saved in ((m._parameters, params), (m._buffers, buffers), (m._modules, children)):
+                d.clear()
+                d.update(saved)
+        for p, data, grad in self.params:
+            p.data = data
+            p.grad = grad
+        if self.optimizer is not None:
+            for g, saved in zip(self.optimizer.param_groups, self.groups):
+                g["params"] = saved
+            self.optimizer.state.clear()
+            self.optimizer.state.update(self.state)
+        module2node, param_to_name, history = self.dg_state
+        self.dg.module2node = module2node
+        self.dg._param_to_name = param_to_name
+        self.dg._pruning_history = history
+        self.layout.__dict__.pop("_spent", None)
+
+
+def _prune_group(dg, group, idxs) -> None:
+    """Remove root channels idxs of group (and everything coupled to them) with Torch-Pruning."""
+    dg.get_pruning_group(group.root_module, group.root_fn, idxs).prune()
+
+
+def _gather(tensor: torch.Tensor, flat_idx: torch.Tensor, shape) -> torch.Tensor:
+    return tensor.reshape(-1).index_select(0, flat_idx.to(tensor.device)).view(shape)
+
+
+def prune_with_masks(model: nn.Module, layout: GroupLayout, keep_mask: torch.Tensor, optimizer=None) -> None:
+    """Remove the group neurons where keep_mask (bool [N], True = kept) is False, in place.
+
+    The optimizer (if given) is remapped: the new Parameters replace the old ones in its param
+    groups (hyper-parameters kept) and every per-parameter state tensor (SGD momentum, Adam's
+    exp_avg / exp_avg_sq, ...) is sliced to the surviving entries; scalar state (step) is kept.
+    The layout is spent afterwards: build a new one for the pruned model.
+    """
+    model = unwrap_model(model)
+    _check_layout(layout, model)
+    _cut(model, layout, _check_mask(layout, keep_mask), optimizer)
+
+
+def _cut(model, layout, keep, optimizer) -> Optional["_Snapshot"]:
+    """The surgery; returns the snapshot that undoes it (None when nothing was removed)."""
+    _check_optimizer(optimizer, layout, keep)
+    work, params = _affected(layout, keep)
+    if not work:
+        return None
+    dg = layout.dg
+    snapshot = _Snapshot(model, params, optimizer, dg, layout)
+    try:
+        for _, _, p in params:
+            # Grads are set aside: tp would slice them into the index-valued float64 parameters.
+            p.grad = None
+            p.data = torch.arange(p.numel(), dtype=torch.float64, device=p.device).view(p.shape)
+        for group, pruned in work:
+            _prune_group(dg, group, group.root_channels(pruned))
+        _rebuild_parameters(params, snapshot, optimizer)
+        _check_no_stray_parameters(model, snapshot)
+    except BaseException:
+        snapshot.restore()
+        raise
+    layout.__dict__["_spent"] = True
+    return snapshot
+
+
+def _check_no_stray_parameters(model, snapshot) -> None:
+    # A parameter that tp replaced although no layout member owns it would escape the
+    # optimizer remapping (and keep float64 indices if it had been swapped): refuse the result.
+    known = {id(p) for _, _, params, _, _ in snapshot.modules for p in params.values() if p is not None}
+    known |= snapshot.new_ids
+    for name, p in model.named_parameters():
+        if id(p) not in known or p.dtype != snapshot.dtypes.get(id(p), p.dtype):
+            raise RuntimeError(f"Torch-Pruning changed {name}, which the layout does not list; the prune was undone")
+
+
+def _rebuild_parameters(params, snapshot, optimizer) -> None:
+    originals = {id(p): (data, grad) for p, data, grad in snapshot.params}
+    replaced = {}  # id(old) -> new Parameter
+    for module, attr, old in params:
+        current = module._parameters[attr]
+        data, grad = originals[id(old)]
+        if current is old:  # not sliced after all (e.g. a member whose channels were kept)
+            old.data, old.grad = data, grad
+            continue
+        if id(old) not in replaced:
+            idx = current.detach().reshape(-1).long()  # exact: whole numbers below 2**53
+            new = nn.Parameter(_gather(data, idx, current.shape), requires_grad=old.requires_grad)
+            if grad is not None:
+                new.grad = _gather(grad, idx, current.shape)
+            replaced[id(old)] = (old, new, idx)
+            snapshot.new_ids.add(id(new))
+            snapshot.dtypes[id(new)] = data.dtype
+        module._parameters[attr] = replaced[id(old)][1]
+    # The old objects get their values back: anyone still holding one sees the dense tensor.
+    for old, _, _ in replaced.values():
+        old.data, old.grad = originals[id(old)]
+    if optimizer is not None:
+        _remap_optimizer(optimizer, replaced)
+
+
+def _remap_optimizer(optimizer, replaced) -> None:
+    for group in optimizer.param_groups:
+        group["params"] = [replaced[id(p)][1] if id(p) in replaced else p for p in group["params"]]
+    for old, new, idx in replaced.values():
+        state = optimizer.state.pop(old, None)
+        if state is None:
+            continue
+        optimizer.state[new] = {
+            key: _gather(value, idx, new.shape)
+            if isinstance(value, torch.Tensor) and value.shape == old.shape
+            else value
+            for key, value in state.items()
+        }

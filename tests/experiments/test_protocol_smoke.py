@@ -1,0 +1,23 @@
+"""The paper-protocol reproduction runs end to end on a tiny grid and writes its tables."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_protocol_smoke(tmp_path):
+    out = tmp_path / "protocol"
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.protocol", "--smoke", "--workers", "1", "--no-yield", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary, "empty summary"
+    tables = (out / "tables.md").read_text()
+    for policy in ("oracle", "init", "pre-def", "EPI"):
+        assert policy in tables
+    assert list((out / "units").glob("*.json")), "no unit results written"
