@@ -1,5 +1,7 @@
 """The policy: `EPIPruner` decides during training when to prune, then prunes."""
 
+from .decision import LATE_FRACTION, LatePruneWarning, late_prune_message, prune_decision, prune_epoch_for
 from .pruner import CRITERIA, GRADIENT_CRITERIA, EPIPruner, default_tau
 
-__all__ = ["EPIPruner", "CRITERIA", "GRADIENT_CRITERIA", "default_tau"]
+__all__ = ["EPIPruner", "CRITERIA", "GRADIENT_CRITERIA", "default_tau", "LATE_FRACTION", "LatePruneWarning",
+           "late_prune_message", "prune_decision", "prune_epoch_for"]
