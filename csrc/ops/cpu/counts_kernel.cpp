@@ -1,7 +1,7 @@
 // layer_counts and mask_overlap on the CPU: one task per (mask row, segment).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
+#include <ATen/EmptyTensor.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -59,7 +59,8 @@ at::Tensor layer_counts(const at::Tensor& masks_in, at::IntArrayRef segment_size
   const std::vector<int64_t> offsets = check_layer_counts(masks_in, segment_sizes);
   const at::Tensor masks = masks_in.contiguous();
   const int64_t m = mask_rows(masks), n = mask_channels(masks);
-  at::Tensor counts = at::empty({m, static_cast<int64_t>(segment_sizes.size())}, masks.options().dtype(at::kLong));
+  const int64_t segments = static_cast<int64_t>(segment_sizes.size());
+  at::Tensor counts(at::detail::empty_cpu({m, segments}, masks.options().dtype(at::kLong)));
   segment_counts_cpu(masks.const_data_ptr<bool>(), nullptr, m, n, offsets, counts.data_ptr<int64_t>(), nullptr);
   return counts;
 }
@@ -83,8 +84,8 @@ std::tuple<at::Tensor, at::Tensor> mask_overlap_cpu(const at::Tensor& a_in, cons
   const std::vector<int64_t> offsets =
       segment_offsets(segment_sizes.empty() ? at::IntArrayRef(whole) : segment_sizes, n);
   const int64_t segments = static_cast<int64_t>(offsets.size()) - 1;
-  at::Tensor both = at::empty({m, segments}, a.options().dtype(at::kLong));
-  at::Tensor diff = at::empty({m, segments}, a.options().dtype(at::kLong));
+  at::Tensor both(at::detail::empty_cpu({m, segments}, a.options().dtype(at::kLong)));
+  at::Tensor diff(at::detail::empty_cpu({m, segments}, a.options().dtype(at::kLong)));
   segment_counts_cpu(a.const_data_ptr<bool>(), b.const_data_ptr<bool>(), m, n, offsets, both.data_ptr<int64_t>(),
                      diff.data_ptr<int64_t>());
   test_hooks::at("mask_overlap", "written");

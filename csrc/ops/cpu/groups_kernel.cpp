@@ -2,7 +2,7 @@
 // order too). The CSR index is checked here on every call: on the host that is one pass over it.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
+#include <ATen/EmptyTensor.h>
 
 #include <algorithm>
 
@@ -23,7 +23,7 @@ at::Tensor group_reduce_cpu(const at::Tensor& scores_in, const at::Tensor& group
   const int64_t* idx = idx_t.const_data_ptr<int64_t>();
   const int64_t members = idx_t.numel();
   check_group_index_values(ptr, groups, idx, members, scores.numel());
-  at::Tensor out = at::empty({groups}, scores.options());
+  at::Tensor out(at::detail::empty_cpu({groups}, scores.options()));
   float* o = out.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(2048, groups * (1 << 16) / std::max<int64_t>(members, 1));
   at::parallel_for(0, groups, grain, [&](int64_t b, int64_t e) {

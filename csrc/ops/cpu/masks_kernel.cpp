@@ -3,7 +3,7 @@
 // parallel chunks with ties at the k-th key resolved by index.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
+#include <ATen/EmptyTensor.h>
 
 #include <algorithm>
 #include <atomic>
@@ -84,8 +84,8 @@ std::tuple<at::Tensor, at::Tensor> global_masks(const at::Tensor& scores_in, at:
   for (int64_t j = 0; j < m; ++j)
     if (ks[j] > 0) kth[j] = found[std::lower_bound(distinct.begin(), distinct.end(), ks[j]) - distinct.begin()];
 
-  at::Tensor masks = at::empty({m, n}, scores.options().dtype(at::kBool));
-  at::Tensor thresholds = at::empty({m}, scores.options());
+  at::Tensor masks(at::detail::empty_cpu({m, n}, scores.options().dtype(at::kBool)));
+  at::Tensor thresholds(at::detail::empty_cpu({m}, scores.options()));
   bool* mk = masks.data_ptr<bool>();
   float* th = thresholds.data_ptr<float>();
   for (int64_t j = 0; j < m; ++j) th[j] = ks[j] == 0 ? -INFINITY : order_key_float(kth[j].value);

@@ -1,6 +1,6 @@
 // channel_scores on the CPU: the row kernels over balanced row blocks.
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
+#include <ATen/EmptyTensor.h>
 
 #include "../scores.h"
 #include "../test_hooks.h"
@@ -13,7 +13,7 @@ at::Tensor channel_scores_cpu(at::TensorList tensors, c10::string_view criterion
   test_hooks::enter("channel_scores");
   const ScoreKind kind = check_channel_scores(tensors, criterion);
   const cpu::Rows r = cpu::gather_rows(tensors);
-  at::Tensor out = at::empty({r.row_start.back()}, tensors[0].options().dtype(at::kFloat));
+  at::Tensor out(at::detail::empty_cpu({r.row_start.back()}, tensors[0].options().dtype(at::kFloat)));
   float* o = out.data_ptr<float>();
   cpu::dispatch_dtype(tensors[0].scalar_type(), [&](auto tag) {
     using T = decltype(tag);

@@ -5,8 +5,9 @@
 // the only write to acc and skipped, plain stores that cannot throw, so a call that raises has
 // applied its step entirely (an error after the commit) or not at all (any error before it).
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/zeros.h>
+#include <ATen/EmptyTensor.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "../taylor.h"
@@ -53,8 +54,9 @@ at::Tensor taylor_scores_cpu(at::TensorList params, at::TensorList grads, at::In
   test_hooks::enter("taylor_scores");
   TaylorMode mode;
   const std::vector<int64_t> offs = check_taylor_scores(params, grads, offsets, num_channels, &mode, mode_name);
-  at::Tensor out = at::zeros({num_channels}, params[0].options().dtype(at::kFloat));
+  at::Tensor out(at::detail::empty_cpu({num_channels}, params[0].options().dtype(at::kFloat)));
   float* p = out.data_ptr<float>();
+  std::fill_n(p, num_channels, 0.0f);
   taylor_raw(params, grads, offs, p);
   for (int64_t c = 0; c < num_channels; ++c) p[c] = taylor_finish(p[c], mode);
   test_hooks::at("taylor_scores", "written");

@@ -1,7 +1,7 @@
 // layer_counts and mask_overlap on CUDA: checks, the outputs, the launch (counts_kernel.cu) on
 // the current stream.
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
+#include <ATen/cuda/EmptyTensor.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include <tuple>
@@ -23,7 +23,7 @@ at::Tensor layer_counts(const at::Tensor& masks_in, at::IntArrayRef segment_size
   TORCH_CHECK_VALUE(m <= 65535, "at most 65535 mask rows per call, got ", m);
   const int64_t segments = static_cast<int64_t>(segment_sizes.size());
   at::Tensor offsets_dev = cuda_glue::device_vector(offsets, masks.device());
-  at::Tensor counts = at::empty({m, segments}, masks.options().dtype(at::kLong));
+  at::Tensor counts(at::detail::empty_cuda({m, segments}, masks.options().dtype(at::kLong)));
   cuda::segment_counts(masks.data_ptr<bool>(), nullptr, m, n, offsets_dev.data_ptr<int64_t>(), segments,
                        counts.data_ptr<int64_t>(), nullptr, cuda_glue::current_stream());
   return counts;
@@ -51,8 +51,8 @@ std::tuple<at::Tensor, at::Tensor> mask_overlap_cuda(const at::Tensor& a_in, con
       segment_offsets(segment_sizes.empty() ? at::IntArrayRef(whole) : segment_sizes, n);
   const int64_t segments = static_cast<int64_t>(offsets.size()) - 1;
   at::Tensor offsets_dev = cuda_glue::device_vector(offsets, a.device());
-  at::Tensor both = at::empty({m, segments}, a.options().dtype(at::kLong));
-  at::Tensor diff = at::empty({m, segments}, a.options().dtype(at::kLong));
+  at::Tensor both(at::detail::empty_cuda({m, segments}, a.options().dtype(at::kLong)));
+  at::Tensor diff(at::detail::empty_cuda({m, segments}, a.options().dtype(at::kLong)));
   cuda::segment_counts(a.data_ptr<bool>(), b.data_ptr<bool>(), m, n, offsets_dev.data_ptr<int64_t>(), segments,
                        both.data_ptr<int64_t>(), diff.data_ptr<int64_t>(), cuda_glue::current_stream());
   test_hooks::at("mask_overlap", "written");

@@ -1,6 +1,6 @@
 // group_reduce on CUDA: checks, the output, the launch (groups_kernel.cu) on the current stream.
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
+#include <ATen/cuda/EmptyTensor.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "../groups.h"
@@ -20,7 +20,7 @@ at::Tensor group_reduce_cuda(const at::Tensor& scores_in, const at::Tensor& grou
   c10::cuda::CUDAGuard guard(scores_in.device());
   const at::Tensor scores = scores_in.contiguous(), ptr = group_ptr_in.contiguous(), idx = member_idx_in.contiguous();
   const int64_t groups = ptr.numel() - 1;
-  at::Tensor out = at::empty({groups}, scores.options());
+  at::Tensor out(at::detail::empty_cuda({groups}, scores.options()));
   cuda::group_reduce(scores.data_ptr<float>(), ptr.data_ptr<int64_t>(), idx.data_ptr<int64_t>(), groups, red,
                      out.data_ptr<float>(), cuda_glue::current_stream());
   test_hooks::at("group_reduce", "written");

@@ -1,8 +1,7 @@
 // global_masks and global_masks_counts on CUDA: checks, keys, the select (masks_kernel.cu) and,
 // for global_masks_counts, layer_counts on the same stream.
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
+#include <ATen/cuda/EmptyTensor.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include <tuple>
@@ -28,8 +27,9 @@ std::tuple<at::Tensor, at::Tensor> global_masks(const at::Tensor& scores_in, at:
   const int64_t segments = static_cast<int64_t>(segment_sizes.size());
   auto stream = cuda_glue::current_stream();
 
-  at::Tensor keys = at::empty({n}, scores.options().dtype(at::kLong));
-  at::Tensor nan_count = at::zeros({1}, scores.options().dtype(at::kInt));
+  at::Tensor keys(at::detail::empty_cuda({n}, scores.options().dtype(at::kLong)));
+  at::Tensor nan_count(at::detail::empty_cuda({1}, scores.options().dtype(at::kInt)));
+  nan_count.zero_();
   cuda::channel_keys(scores.data_ptr<float>(), n, reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()),
                      nan_count.data_ptr<int>(), stream);
   // The one host synchronisation: NaN scores must raise, and the error needs the count.
@@ -40,9 +40,9 @@ std::tuple<at::Tensor, at::Tensor> global_masks(const at::Tensor& scores_in, at:
   at::Tensor offsets_dev;
   if (segments > 0) offsets_dev = cuda_glue::device_vector(offsets, scores.device());
   const size_t bytes = cuda::select_masks_workspace(n, segments);
-  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, scores.options().dtype(at::kByte));
-  at::Tensor masks = at::empty({m, n}, scores.options().dtype(at::kBool));
-  at::Tensor thresholds = at::empty({m}, scores.options());
+  at::Tensor workspace(at::detail::empty_cuda({static_cast<int64_t>(bytes)}, scores.options().dtype(at::kByte)));
+  at::Tensor masks(at::detail::empty_cuda({m, n}, scores.options().dtype(at::kBool)));
+  at::Tensor thresholds(at::detail::empty_cuda({m}, scores.options()));
   cuda::select_masks(reinterpret_cast<const uint64_t*>(keys.data_ptr<int64_t>()), n,
                      segments > 0 ? offsets_dev.data_ptr<int64_t>() : nullptr, segments, min_keep,
                      ks_dev.data_ptr<int64_t>(), m, masks.data_ptr<bool>(), thresholds.data_ptr<float>(),

@@ -1,6 +1,6 @@
 // channel_scores on CUDA: checks, the output, the launch (scores_kernel.cu) on the current stream.
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
+#include <ATen/cuda/EmptyTensor.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include <vector>
@@ -20,7 +20,7 @@ at::Tensor channel_scores_cuda(at::TensorList tensors, c10::string_view criterio
   cuda_glue::RowTable table = cuda_glue::row_table(tensors, {}, offsets);
   int64_t total = 0;
   for (const auto& t : tensors) total += t.size(0);
-  at::Tensor out = at::empty({total}, tensors[0].options().dtype(at::kFloat));
+  at::Tensor out(at::detail::empty_cuda({total}, tensors[0].options().dtype(at::kFloat)));
   cuda::channel_scores(table.rows.data(), static_cast<int64_t>(table.rows.size()),
                        cuda_glue::launch_dtype(tensors[0].scalar_type()), kind, out.data_ptr<float>(),
                        cuda_glue::current_stream());

@@ -2,8 +2,7 @@
 // allocator, the launches (taylor_kernel.cu) on the current stream. No host synchronisation:
 // the accumulating form decides on the device whether a step is added or skipped.
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
+#include <ATen/cuda/EmptyTensor.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include <vector>
@@ -20,7 +19,8 @@ namespace {
 at::Tensor taylor_raw(at::TensorList params, at::TensorList grads, const std::vector<int64_t>& offs,
                       int64_t channels) {
   cuda_glue::RowTable table = cuda_glue::row_table(params, grads, offs);
-  at::Tensor raw = at::zeros({channels}, params[0].options().dtype(at::kFloat));
+  at::Tensor raw(at::detail::empty_cuda({channels}, params[0].options().dtype(at::kFloat)));
+  raw.zero_();
   cuda::taylor_raw(table.rows.data(), static_cast<int64_t>(table.rows.size()),
                    cuda_glue::launch_dtype(params[0].scalar_type()), raw.data_ptr<float>(),
                    cuda_glue::current_stream());
@@ -52,7 +52,7 @@ void taylor_accumulate_cuda(const at::Tensor& acc, const at::Tensor& skipped, at
   at::Tensor scale;
   if (inv_scale.has_value()) scale = inv_scale->to(at::kFloat).contiguous();
   at::Tensor raw = taylor_raw(params, grads, offs, acc.numel());
-  at::Tensor flag = at::empty({1}, acc.options().dtype(at::kInt));
+  at::Tensor flag(at::detail::empty_cuda({1}, acc.options().dtype(at::kInt)));
   test_hooks::at("taylor_accumulate_", "scratch");
   // One launch checks the whole step, the next adds it or counts it skipped: acc and skipped
   // change in that launch only.
