@@ -93,7 +93,7 @@ PyObject* cpu_simd(PyObject*, PyObject*) { return PyUnicode_FromString(cpu::simd
 PyObject* set_cpu_simd(PyObject*, PyObject* enabled) {
   const int on = PyObject_IsTrue(enabled);
   if (on < 0) return nullptr;
-  return to_bool(cpu::exchange_simd_cap(on ? cpu::kAvx512 : cpu::kPortable) != cpu::kPortable);
+  return to_bool(cpu::exchange_simd_cap(on ? cpu::kBest : cpu::kPortable) != cpu::kPortable);
 }
 
 PyObject* set_cpu_simd_level(PyObject*, PyObject* level) {
@@ -101,7 +101,7 @@ PyObject* set_cpu_simd_level(PyObject*, PyObject* level) {
   if (!name) return nullptr;
   const int cap = cpu::simd_level_from_name(name);
   if (cap < 0) {
-    PyErr_Format(PyExc_ValueError, "unknown SIMD level '%s'; expected 'avx512', 'avx2' or 'portable'", name);
+    PyErr_Format(PyExc_ValueError, "unknown SIMD level '%s'; expected %s", name, cpu::simd_level_names());
     return nullptr;
   }
   return PyUnicode_FromString(cpu::simd_level_name(cpu::exchange_simd_cap(cap)));

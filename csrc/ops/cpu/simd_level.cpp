@@ -4,7 +4,7 @@
 namespace epi_fast {
 namespace cpu {
 
-std::atomic<int> g_simd_cap{kAvx512};
+std::atomic<int> g_simd_cap{kBest};
 
 int cpu_simd_level() {
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
@@ -27,6 +27,8 @@ int simd_level_from_name(std::string_view name) {
   if (name == "portable") return kPortable;
   return -1;
 }
+
+const char* simd_level_names() { return "'avx512', 'avx2' or 'portable'"; }
 
 int exchange_simd_cap(int cap) { return g_simd_cap.exchange(cap); }
 

@@ -10,7 +10,7 @@
 namespace epi_fast {
 namespace cpu {
 
-enum SimdLevel : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+enum SimdLevel : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kBest = kAvx512 };
 
 extern std::atomic<int> g_simd_cap;  // the highest level the kernels may use
 
@@ -20,6 +20,7 @@ inline int simd_level() { return std::min(g_simd_cap.load(std::memory_order_rela
 
 const char* simd_level_name(int level);        // "avx512", "avx2", "portable"
 int simd_level_from_name(std::string_view name);  // -1 for another name
+const char* simd_level_names();                 // "'avx512', 'avx2' or 'portable'", for messages
 int exchange_simd_cap(int cap);                 // sets the cap; returns the previous one
 
 }  // namespace cpu
