@@ -9,7 +9,6 @@
 #include <c10/util/ArrayRef.h>
 
 #include <cctype>
-#include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -65,17 +64,37 @@ inline std::string shape(c10::IntArrayRef sizes) {
 inline std::string floating(double x) {
   if (std::isnan(x)) return "nan";
   if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
-  char buf[64];
-  const auto end = std::to_chars(buf, buf + sizeof buf, x, std::chars_format::scientific).ptr;
-  const std::string_view sci(buf, end - buf);  // [-]d[.ddd]e(+|-)dd
-  const bool negative = sci[0] == '-';
-  const size_t e = sci.find('e');
-  std::string digits;
-  for (size_t i = negative; i < e; ++i)
-    if (sci[i] != '.') digits += sci[i];
-  const int exponent = std::atoi(std::string(sci.substr(e + 1)).c_str());
-  const int point = exponent + 1;  // digits[0:point] before the decimal point
-  std::string out = negative ? "-" : "";
+  const double ax = std::fabs(x);
+  // The shortest significand that reads back as ax, as Python's repr finds it: for each digit
+  // count the correctly rounded one (printf's), or else its neighbour in the last digit, which
+  // is the one that can still read back where ax's rounding interval is lopsided (at powers of
+  // two). ax = sig * 10^exp.
+  unsigned long long sig = 0;
+  int exp = 0;
+  char buf[48];
+  for (int digits = 1; digits <= 17 && !sig; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*e", digits - 1, ax);  // d[.ddd]e(+|-)dd
+    unsigned long long nearest = 0;
+    const char* c = buf;
+    for (; *c != 'e'; ++c)
+      if (*c != '.') nearest = nearest * 10 + static_cast<unsigned long long>(*c - '0');
+    const int e = std::atoi(c + 1) - (digits - 1);
+    for (const long long delta : {0LL, 1LL, -1LL}) {
+      const unsigned long long candidate = nearest + delta;
+      std::snprintf(buf, sizeof buf, "%llue%d", candidate, e);
+      if (candidate && std::strtod(buf, nullptr) == ax) {
+        sig = candidate;
+        exp = e;
+        break;
+      }
+    }
+  }
+  if (ax == 0.0) sig = 0, exp = 0;
+  while (sig && sig % 10 == 0) sig /= 10, ++exp;
+  const std::string digits = std::to_string(sig);
+  const int point = static_cast<int>(digits.size()) + exp;  // digits[0:point] before the decimal point
+  const int exponent = point - 1;                           // of the scientific form d.ddd
+  std::string out = std::signbit(x) ? "-" : "";
   if (point > -4 && point <= 16) {
     if (point <= 0) {
       out += "0." + std::string(-point, '0') + digits;
