@@ -9,6 +9,7 @@ the command that rebuilds it) and registers ``torch.ops.epi_fast``.
 from __future__ import annotations
 
 from ._info import OPS, info
+from ._wrappers import group_reduce_trusted  # noqa: F401  (internal: an index checked once)
 from ._wrappers import (
     channel_scores,
     global_masks,

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..layout.graph import unwrap_model
+from ..layout import unwrap_model
 from .._io import atomic_write
 
 __all__ = ["FORMAT", "save_pruned", "load_pruned"]
