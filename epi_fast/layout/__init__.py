@@ -8,10 +8,10 @@ structure vector that EPI reads. A new kind of group is one module that subclass
 
 from .channels import ChannelGroup
 from .core import GroupLayout, group_layout
-from .groups import ROLES, LayoutGroup, Member, Source, register_group_kind
+from .groups import ROLES, LayoutGroup, Member, Source, register_group_kind, unregister_group_kind
 from .trace import BATCHNORM, PRUNABLE, call_model, unwrap_model
 
 __all__ = [
     "GroupLayout", "group_layout", "LayoutGroup", "ChannelGroup", "Member", "Source", "ROLES",
-    "register_group_kind", "unwrap_model", "call_model", "PRUNABLE", "BATCHNORM",
+    "register_group_kind", "unregister_group_kind", "unwrap_model", "call_model", "PRUNABLE", "BATCHNORM",
 ]

@@ -23,7 +23,7 @@ from typing import Callable, ClassVar, List, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ["Member", "Source", "LayoutGroup", "ROLES", "register_group_kind", "group_finders", "claimed_modules"]
+__all__ = ["Member", "Source", "LayoutGroup", "ROLES", "register_group_kind", "unregister_group_kind", "group_finders", "claimed_modules"]
 
 # The roles a criterion may ask a group for (see the module docstring).
 ROLES = ("filters", "scales", "taylor")
@@ -107,6 +107,15 @@ def register_group_kind(name: str, finder: Finder, *, first: bool = False) -> No
         _FINDERS.insert(0, (name, finder))
     else:
         _FINDERS.append((name, finder))
+
+
+def unregister_group_kind(name: str) -> None:
+    """Forget the group kind `name` (tests and plugins that are unloaded)."""
+    for i, (n, _) in enumerate(_FINDERS):
+        if n == name:
+            del _FINDERS[i]
+            return
+    raise KeyError(f"no group kind named {name!r} is registered")
 
 
 def group_finders() -> List[Tuple[str, Finder]]:
