@@ -14,7 +14,7 @@ from epi_fast.models import build_model
 from epi_fast.policy import EPIPruner, LatePruneWarning, PrunerConfig, late_prune_message, prune_decision
 from epi_fast.policy.decision import prune_epoch_for
 
-from test_pruner import X0, make, run_epochs
+from test_pruner import X0, make, one_thread, run_epochs  # noqa: F401  (one_thread: autouse)
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 

@@ -7,7 +7,7 @@ import torch
 
 from epi_fast.policy import EPIPruner, PrunerConfig, StructureTracker
 
-from test_pruner import X0, make, run_epochs
+from test_pruner import X0, make, one_thread, run_epochs  # noqa: F401  (one_thread: autouse)
 
 
 @pytest.mark.parametrize("criterion", ["magnitude", "gradient"])

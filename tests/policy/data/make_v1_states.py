@@ -16,6 +16,7 @@ if __name__ == "__main__":
     import epi_fast
 
     assert epi_fast.__version__ == "0.1.0", epi_fast.__file__
+    torch.set_num_threads(1)  # as test_pruner.py's tests run
     for criterion in ("magnitude", "gradient"):
         model, opt, pruner = make(criterion=criterion, track_ratios=(0.3,), deadline_epoch=7, tau=0.99, reduce="sum")
         run_epochs(model, opt, pruner, 1, 3)
