@@ -9,6 +9,7 @@ from typing import Any, Deque, Dict, List, Optional
 import torch
 
 from .._args import check_int, check_unit
+from .epi import EpochHistory
 
 __all__ = ["EarlyBirdIndicator"]
 
@@ -20,7 +21,7 @@ def _ops():
     return importlib.import_module("epi_fast.ops")
 
 
-class EarlyBirdIndicator:
+class EarlyBirdIndicator(EpochHistory):
     """Early-Bird tickets (You et al., ICLR 2020), the baseline EPI is compared with.
 
     Each epoch's global keep-mask (which channels survive, not how many per layer) is compared
@@ -29,7 +30,8 @@ class EarlyBirdIndicator:
     initialisation, so the first distance exists at t = window - 1.
 
     `update(mask)` takes a 1-D bool tensor [N] (True = kept) and returns the largest of the
-    distances, or None while fewer than `window - 1` earlier masks exist.
+    distances, or None while fewer than `window - 1` earlier masks exist; `history` holds that
+    largest distance per epoch.
     """
 
     def __init__(self, window: int = 5, eps: float = 0.1) -> None:
@@ -63,19 +65,6 @@ class EarlyBirdIndicator:
         self._masks.append(mask.clone())
         self._history.append(dist)
         return dist
-
-    @property
-    def fired(self) -> bool:
-        return self._fired_epoch is not None
-
-    @property
-    def fired_epoch(self) -> Optional[int]:
-        return self._fired_epoch
-
-    @property
-    def history(self) -> List[Optional[float]]:
-        """Largest distance to the previous window - 1 masks, per epoch; None where undefined."""
-        return list(self._history)
 
     def state_dict(self) -> Dict[str, Any]:
         return {

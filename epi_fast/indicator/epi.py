@@ -111,7 +111,29 @@ def structure_similarity(n1: Sequence[int], n2: Sequence[int]) -> float:
     return 1.0 - math.fsum(d) / len(d)
 
 
-class EarlyPruningIndicator:
+class EpochHistory:
+    """What every indicator answers: one value per recorded epoch t = 0, 1, ... (None where
+    undefined) in `_history`, and the first epoch its rule held in `_fired_epoch`."""
+
+    _history: List[Optional[float]]
+    _fired_epoch: Optional[int]
+
+    @property
+    def fired(self) -> bool:
+        return self._fired_epoch is not None
+
+    @property
+    def fired_epoch(self) -> Optional[int]:
+        """The epoch t (0 = initialisation) at which the rule first held, else None."""
+        return self._fired_epoch
+
+    @property
+    def history(self) -> List[Optional[float]]:
+        """The indicator's value per recorded epoch t = 0, 1, ...; None where undefined."""
+        return list(self._history)
+
+
+class EarlyPruningIndicator(EpochHistory):
     """EPI for one prune ratio.
 
     Args:
@@ -198,20 +220,6 @@ class EarlyPruningIndicator:
         return True
 
     # -- reading -------------------------------------------------------------------------
-    @property
-    def fired(self) -> bool:
-        return self._fired_epoch is not None
-
-    @property
-    def fired_epoch(self) -> Optional[int]:
-        """The epoch t (0 = initialisation) at which the rule first held, else None."""
-        return self._fired_epoch
-
-    @property
-    def history(self) -> List[Optional[float]]:
-        """EPI value per recorded epoch t = 0, 1, ...; None where undefined."""
-        return list(self._history)
-
     @property
     def epoch(self) -> int:
         """The t of the latest recorded structure (-1 before the first update)."""

@@ -249,16 +249,11 @@ class EPIPruner:
     # -- reporting ----------------------------------------------------------------------------------
     def report(self) -> Dict[str, Any]:
         """What happened so far: decision, EPI curves, sizes before and after (when pruned)."""
+        settings = self.config.to_dict()
         out: Dict[str, Any] = {
             "ratio": self.ratio,
-            "criterion": self.criterion,
-            "window": self.window,
-            "tau": self.tau,
-            "patience": self.patience,
-            "deadline_epoch": self.deadline_epoch,
-            "min_keep": self.min_keep,
-            "reduce": self.reduce,
-            "track_ratios": list(self.ratios),
+            "track_ratios": settings.pop("ratios"),
+            **settings,
             "epochs": self._epoch,
             "pruned": self._pruned,
             "prune_epoch": self._prune_epoch,
