@@ -10,6 +10,8 @@ of `Criterion` in a user's own code plugs into `epi_fast.prune` and `EPIPruner` 
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Optional
 
 import torch
@@ -26,6 +28,11 @@ __all__ = [
     "check_reduce", "REDUCTIONS", "MAGNITUDE_KINDS", "TAYLOR_MODES", "MAGNITUDE_CRITERIA",
     "magnitude_scores", "score_plan", "ScorePlan",
 ]
+
+# Every module of this package is imported, so that a criterion added as one new file registers
+# its names without an edit anywhere else (its class is then epi_fast.criteria.<file>.<Class>).
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 # The weight criteria's names (0.1 exported this tuple).
 MAGNITUDE_CRITERIA = tuple(n for n in criterion_names() if n not in gradient_criterion_names())

@@ -6,6 +6,9 @@ structure vector that EPI reads. A new kind of group is one module that subclass
 `LayoutGroup` and calls `register_group_kind` (see `epi_fast.layout.groups`).
 """
 
+import importlib
+import pkgutil
+
 from .channels import ChannelGroup
 from .core import GroupLayout, group_layout
 from .groups import ROLES, LayoutGroup, Member, Source, register_group_kind, unregister_group_kind
@@ -15,3 +18,8 @@ __all__ = [
     "GroupLayout", "group_layout", "LayoutGroup", "ChannelGroup", "Member", "Source", "ROLES",
     "register_group_kind", "unregister_group_kind", "unwrap_model", "call_model", "PRUNABLE", "BATCHNORM",
 ]
+
+# Every module of this package is imported, so that a group kind added as one new file
+# registers itself (register_group_kind) without an edit anywhere else.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
