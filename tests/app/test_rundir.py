@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -124,6 +125,12 @@ def test_out_below_a_file_is_refused(tmp_path):
 def test_a_run_still_in_progress_is_not_replaced(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "epi-fast-test"])
     try:
+        for _ in range(500 if os.path.isdir(f"/proc/{sleeper.pid}") else 0):
+            # Until the child has exec'd: before, it shows the parent's command line.
+            with open(f"/proc/{sleeper.pid}/cmdline", "rb") as f:
+                if b"epi-fast-test" in f.read():
+                    break
+            time.sleep(0.01)
         proc = {"pid": sleeper.pid, "host": rundir.socket.gethostname(), "started": "now"}
         out = _run_dir(tmp_path / "run", summary=dict(SUMMARY, status="running", process=proc))
         with pytest.raises(RunDirRefused, match=f"still in progress \\(pid {sleeper.pid}\\)"):
