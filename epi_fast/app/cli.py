@@ -456,6 +456,8 @@ class _Run:
             "device": str(self.s.device),
             "threads": torch.get_num_threads(),
             "group_reduce": args.group_reduce,
+            # The command line as parsed (defaults filled in), for a later --resume.
+            "arguments": {k: v for k, v in sorted(vars(args).items()) if k not in ("func", "command", "debug")},
         })
         return out
 

@@ -159,6 +159,9 @@ def test_summary_carries_format_version_and_status(run):
     assert s["format"] == "epi_fast.summary/1" and s["epi_fast_version"] == epi_fast.__version__
     assert s["status"] == "completed" and s["epochs_completed"] == 4
     assert s["process"]["pid"] > 0 and s["process"]["started"].endswith("Z")
+    args = s["arguments"]
+    assert (args["epochs"], args["window"], args["seed"], args["deadline_epoch"]) == (4, 2, 1, 3)
+    assert args["track_ratios"] == [0.3, 0.7] and args["out"] == str(run) and args["overwrite"] is False
     raw = torch.load(run / "model.pt", weights_only=True)
     assert raw["format"] == "epi_fast.pruned/1" and raw["epi_fast_version"] == epi_fast.__version__
 
