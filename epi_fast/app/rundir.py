@@ -26,7 +26,6 @@ import socket
 from typing import List, Optional
 
 from .._io import is_temporary_of, write_json
-from .._version import __version__
 
 __all__ = ["MARKER", "MARKER_FORMAT_PREFIX", "RUN_FILES", "RunDirRefused", "read_marker", "check_out", "start", "process_entry"]
 
