@@ -187,29 +187,10 @@ def _load_weights(path: str, payload: Any, model, name: str):
     return model
 
 
-def _reduce_argument(reduce: Optional[str]) -> Optional[str]:
-    """What to pass to `prune` as reduce: None (the criterion's default) where prune takes it."""
-    import inspect
-
-    from ..surgery import prune
-
-    if reduce is not None:
-        return reduce
-    try:
-        param = inspect.signature(prune).parameters.get("reduce")
-    except (TypeError, ValueError):
-        param = None
-    if param is not None and param.default is None:
-        return None
-    # TODO(lead): once surgery.prune takes reduce=None (= the criterion's default), this branch
-    # goes; until then None is mapped here to "mean", the default of the magnitude criteria,
-    # which are all the criteria this command accepts.
-    return "mean"
-
-
 def _prune(args) -> dict:
     import torch
 
+    from ..criteria import get_criterion
     from ..models import MODEL_NAMES, build_model
     from ..surgery.serialize import save_pruned
     from ..surgery import prune
@@ -241,14 +222,14 @@ def _prune(args) -> dict:
     in_channels = int(arch["kwargs"].get("in_channels", 3))
     h, w = args.input_size or ((8, 8) if arch["name"] in MODEL_NAMES else (224, 224))
     x = torch.randn(1, in_channels, h, w, generator=torch.Generator().manual_seed(args.seed))
-    reduce = _reduce_argument(args.reduce)
-    report = prune(model, args.ratio, x, criterion=args.criterion, min_keep=args.min_keep, reduce=reduce)
+    # reduce None: the criterion's default ("mean" for the magnitude criteria accepted here).
+    report = prune(model, args.ratio, x, criterion=args.criterion, min_keep=args.min_keep, reduce=args.reduce)
     _check_out(args)  # again: the file may have appeared meanwhile
     path = save_pruned(model, args.out, arch=arch)
     args.written = path
     summary = {
         "model": arch["name"], "weights": weights, "ratio": args.ratio, "criterion": args.criterion,
-        "reduce": args.reduce or "mean", "input_size": [h, w],
+        "reduce": get_criterion(args.criterion).reduction(args.reduce), "input_size": [h, w],
     }
     for key in ("params", "flops", "macs"):
         summary[f"{key}_before"] = report[f"{key}_before"]
