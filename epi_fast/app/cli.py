@@ -21,13 +21,13 @@ import argparse
 import importlib
 import math
 import os
-import random
 import signal
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import one_line, positive_int, report_interrupt, run_reporting_errors, sigterm_raises
+from .training import TRAIN_DEFAULTS, lr_lambda as _lr_lambda, seed_everything as _seed_everything  # noqa: F401 (the protocol imports _lr_lambda from here)
 
 __all__ = ["main", "build_parser", "UsageError", "TRAIN_DEFAULTS", "SUMMARY_FORMAT"]
 
@@ -45,25 +45,6 @@ class _Parser(argparse.ArgumentParser):
     # stderr, so errors are raised and reported by main() instead.
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
-
-
-# Tuned so that the default run (digits, resnet_small, magnitude, ratio 0.5) finishes well
-# inside 5 minutes on 2 CPU cores, prunes because EPI fired, and ends above 0.9 top-1;
-# see docs/EPI_USAGE.md for the measurements.
-TRAIN_DEFAULTS: Dict[str, Any] = {
-    "data": "digits",
-    "model": "resnet_small",
-    "ratio": 0.5,
-    "criterion": "magnitude",
-    "epochs": 30,
-    "batch_size": 64,
-    "lr": 0.05,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "warmup_epochs": 1,
-    "window": 5,
-    "patience": 5,
-}
 
 
 def _ratio(text: str) -> float:
@@ -204,9 +185,9 @@ def default_group_reduce(criterion: str) -> str:
     channel from initialisation on (EPI "fires" at epoch 5 on a structure that never moved).
     The mean keeps the ranking about the magnitudes.
     """
-    from ..policy.pruner import GRADIENT_CRITERIA
+    from ..criteria import get_criterion
 
-    return "sum" if criterion in GRADIENT_CRITERIA else "mean"
+    return get_criterion(criterion).reduction(None)
 
 
 def _default_threads(data: str) -> int:
@@ -260,27 +241,6 @@ def _validate_train(args) -> None:
         args.group_reduce = default_group_reduce(args.criterion)
 
 
-def _seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _lr_lambda(total_steps: int, warmup_steps: int):
-    # Linear warm-up, then cosine to zero, per optimizer step: the schedule does not depend on
-    # the network, so it continues unchanged across the prune.
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
-
-
 def _evaluate(model, loader, device, amp_dtype) -> float:
     import torch
 
@@ -315,6 +275,7 @@ class _Setup:
         from torch.utils.data import DataLoader
 
         from .data import DataFormatError, load_dataset
+        from .training import make_optimizer, make_scheduler
         from ..models import build_model
         from ..policy.pruner import EPIPruner
 
@@ -344,19 +305,10 @@ class _Setup:
         if len(self.train_loader) == 0:
             raise UsageError(f"--batch-size {args.batch_size}: the training set has only {len(data.train)} samples")
 
-        # No weight decay on BatchNorm and biases: decaying gamma would pull the BN magnitudes that
-        # the criterion ranks towards zero for reasons unrelated to importance.
-        decay, no_decay = [], []
-        for p in model.parameters():
-            (no_decay if p.dim() <= 1 else decay).append(p)
-        self.optimizer = torch.optim.SGD(
-            [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0,
-        )
+        # SGD without weight decay on BatchNorm and biases; warm-up then cosine per step.
+        self.optimizer = make_optimizer(model, args.lr, args.momentum, args.weight_decay)
         self.steps_per_epoch = len(self.train_loader)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_lambda(args.epochs * self.steps_per_epoch, args.warmup_epochs * self.steps_per_epoch)
-        )
+        self.scheduler = make_scheduler(self.optimizer, args.epochs, self.steps_per_epoch, args.warmup_epochs)
 
         self.amp_dtype = None
         self.scaler = None
