@@ -5,7 +5,7 @@ The marker is `summary.json` itself: the tool writes it first, right after creat
 directory and before the first epoch, and rewrites it (atomically) after every epoch, always
 with `"format": "epi_fast.summary/1"` and the process that writes it:
 
-    {"format": "epi_fast.summary/1", "epi_fast_version": "0.1.0", "status": "running",
+    {"format": "epi_fast.summary/1", "epi_fast_version": "0.2.0", "status": "running",
      "process": {"started": "2026-05-09T07:35:25Z", "pid": 4242, "host": "name"}, ...}
 
 `--overwrite` replaces a directory only if its summary.json is such a file (or the directory

@@ -3,7 +3,7 @@
 `model.pt` is a plain dict that `torch.load(path, weights_only=True)` reads:
 
     {"format": "epi_fast.pruned/1",
-     "epi_fast_version": "0.1.0",                         # the writer's version (absent in 0.1)
+     "epi_fast_version": "0.2.0",                         # the writer's version (absent in 0.1)
      "arch": {"name": str, "kwargs": {...}} or None,
      "channels": {layer name: output channels}            # conv/linear layers
      "modules": {module name: {attr: int or list, ...}},  # in/out_channels, groups,
