@@ -18,6 +18,15 @@ CFG = dict(MODES["smoke"], epochs=5, ratios=[0.5, 0.9, 0.3], window=3, patience=
 REDUCE = {"magnitude": "mean", "gradient": "sum"}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """As the protocol's workers run (and much faster on a shared 2-core machine)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 def pruner_run(setup: UnitSetup) -> EPIPruner:
     """A plain training loop around EPIPruner (no deadline), the protocol's recipe and data order."""
     cfg = setup.cfg
