@@ -109,7 +109,7 @@ def pruner_config(cfg: Dict[str, Any]):
     """The `PrunerConfig` of a unit: its first ratio the target, the others tracked, its
     criterion, window, patience and group reduction; tau the criterion's own; no deadline (the
     protocol applies the deadline itself, with `prune_epoch_for`, to the finished curve)."""
-    from epi_fast.policy.config import PrunerConfig  # (not re-exported by epi_fast.policy)
+    from epi_fast.policy.config import PrunerConfig
 
     ratios = list(cfg["ratios"])
     crit = cfg["criterion"]

@@ -21,7 +21,7 @@ import torch
 
 from epi_fast.app.training import seed_everything
 from epi_fast.indicator import EarlyBirdIndicator
-from epi_fast.policy.tracker import EpochRecord, StructureTracker  # (not re-exported by epi_fast.policy)
+from epi_fast.policy.tracker import EpochRecord, StructureTracker
 
 from .config import TRAIN, pruner_config
 from .data import Tensors, load_setting
