@@ -26,7 +26,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from .errors import one_line, positive_int, report_interrupt, run_reporting_errors, sigterm_raises
+from . import argtypes
+from .errors import one_line, report_interrupt, run_reporting_errors, sigterm_raises
 from .training import TRAIN_DEFAULTS, lr_lambda as _lr_lambda, seed_everything as _seed_everything  # noqa: F401 (the protocol imports _lr_lambda from here)
 
 __all__ = ["main", "build_parser", "UsageError", "TRAIN_DEFAULTS", "SUMMARY_FORMAT"]
@@ -47,57 +48,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _ratio(text: str) -> float:
-    try:
-        r = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 < r < 1.0:
-        raise argparse.ArgumentTypeError(f"a prune ratio must be in (0, 1), got {text}")
-    return r
-
-
-def _ratios(text: str) -> List[float]:
-    return [_ratio(t) for t in text.replace(",", " ").split() if t]
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
-
-
-def _tau(text: str) -> float:
-    v = _positive_float(text)
-    if v > 1:
-        raise argparse.ArgumentTypeError(f"tau must be in (0, 1], got {text}")
-    return v
-
-
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     from .data import FORMATS
     from ..policy.pruner import CRITERIA
@@ -112,33 +62,33 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("data and model")
     g.add_argument("--data", default=d["data"], help="'digits' (embedded, default), an ImageFolder directory, or a CIFAR-10 python batches directory")
     g.add_argument("--data-format", default="auto", choices=FORMATS, help="format of --data (default: detected)")
-    g.add_argument("--input-size", type=positive_int, nargs="+", metavar="N", help="ImageFolder image size: H [W] (default 32)")
+    g.add_argument("--input-size", type=argtypes.positive_int, nargs="+", metavar="N", help="ImageFolder image size: H [W] (default 32)")
     g.add_argument("--model", default=d["model"], help="architecture name for epi_fast.models.build_model (default %(default)s)")
     g = p.add_argument_group("pruning policy")
-    g.add_argument("--ratio", type=_ratio, default=d["ratio"], help="target prune ratio in (0, 1) (default %(default)s)")
+    g.add_argument("--ratio", type=argtypes.train_ratio, default=d["ratio"], help="target prune ratio in (0, 1) (default %(default)s)")
     g.add_argument("--criterion", default=d["criterion"], choices=CRITERIA, help="neuron importance (default %(default)s)")
-    g.add_argument("--window", type=positive_int, default=d["window"], help="EPI window r (default %(default)s)")
-    g.add_argument("--tau", type=_tau, default=None, help="EPI threshold (default 0.944 for gradient/taylor, 0.983 otherwise)")
-    g.add_argument("--patience", type=_non_negative_int, default=d["patience"], help="previous EPI values a firing EPI must not be below (default %(default)s)")
-    g.add_argument("--track-ratios", type=_ratios, default=[], metavar="R[,R...]", help="more ratios whose EPI curves are recorded, e.g. 0.3,0.7")
-    g.add_argument("--deadline-epoch", type=positive_int, default=None, help="prune after this epoch if EPI has not fired")
+    g.add_argument("--window", type=argtypes.positive_int, default=d["window"], help="EPI window r (default %(default)s)")
+    g.add_argument("--tau", type=argtypes.tau, default=None, help="EPI threshold (default 0.944 for gradient/taylor, 0.983 otherwise)")
+    g.add_argument("--patience", type=argtypes.non_negative_int, default=d["patience"], help="previous EPI values a firing EPI must not be below (default %(default)s)")
+    g.add_argument("--track-ratios", type=argtypes.ratio_list, default=[], metavar="R[,R...]", help="more ratios whose EPI curves are recorded, e.g. 0.3,0.7")
+    g.add_argument("--deadline-epoch", type=argtypes.positive_int, default=None, help="prune after this epoch if EPI has not fired")
     g.add_argument(
         "--group-reduce", default=None, choices=("sum", "mean", "max"),
         help="how coupled channels (residual adds) combine into one neuron's score (default: sum for "
         "gradient/taylor, mean for magnitude criteria)",
     )
-    g.add_argument("--min-keep", type=positive_int, default=1, help="channels every group keeps (default %(default)s)")
+    g.add_argument("--min-keep", type=argtypes.positive_int, default=1, help="channels every group keeps (default %(default)s)")
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=positive_int, default=d["epochs"], help="epochs in total (default %(default)s)")
-    g.add_argument("--batch-size", type=positive_int, default=d["batch_size"], help="(default %(default)s)")
-    g.add_argument("--lr", type=_positive_float, default=d["lr"], help="peak learning rate of SGD with Nesterov momentum, cosine decay (default %(default)s)")
-    g.add_argument("--momentum", type=_non_negative_float, default=d["momentum"], help="(default %(default)s)")
-    g.add_argument("--weight-decay", type=_non_negative_float, default=d["weight_decay"], help="(default %(default)s)")
-    g.add_argument("--warmup-epochs", type=_non_negative_int, default=d["warmup_epochs"], help="linear learning-rate warm-up (default %(default)s)")
+    g.add_argument("--epochs", type=argtypes.positive_int, default=d["epochs"], help="epochs in total (default %(default)s)")
+    g.add_argument("--batch-size", type=argtypes.positive_int, default=d["batch_size"], help="(default %(default)s)")
+    g.add_argument("--lr", type=argtypes.positive_float, default=d["lr"], help="peak learning rate of SGD with Nesterov momentum, cosine decay (default %(default)s)")
+    g.add_argument("--momentum", type=argtypes.non_negative_float, default=d["momentum"], help="(default %(default)s)")
+    g.add_argument("--weight-decay", type=argtypes.non_negative_float, default=d["weight_decay"], help="(default %(default)s)")
+    g.add_argument("--warmup-epochs", type=argtypes.non_negative_int, default=d["warmup_epochs"], help="linear learning-rate warm-up (default %(default)s)")
     g.add_argument("--amp", action="store_true", help="mixed precision: float16 + GradScaler on CUDA, bfloat16 on CPU")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
-    g.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: 1 for digits, else the cores this process may use)")
-    g.add_argument("--workers", type=_non_negative_int, default=0, help="DataLoader worker processes (default %(default)s)")
+    g.add_argument("--threads", type=argtypes.positive_int, default=None, help="CPU threads for torch (default: 1 for digits, else the cores this process may use)")
+    g.add_argument("--workers", type=argtypes.non_negative_int, default=0, help="DataLoader worker processes (default %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="seeds the split, the initialisation and the batch order (default %(default)s)")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="run directory to create (summary.json, metrics.jsonl, epi_curve.png, model.pt)")

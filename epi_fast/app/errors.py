@@ -18,20 +18,9 @@ import traceback
 from typing import Callable, Iterator, Optional, Tuple, Type
 
 __all__ = [
-    "positive_int", "one_line", "run_reporting_errors", "Terminated", "sigterm_raises",
+    "one_line", "run_reporting_errors", "Terminated", "sigterm_raises",
     "interrupt_exit_status", "interrupt_signal_name", "report_interrupt",
 ]
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (counts, sizes, epochs)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def one_line(e: BaseException) -> str:

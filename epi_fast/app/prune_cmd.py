@@ -26,7 +26,8 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from .errors import one_line, positive_int, run_reporting_errors
+from . import argtypes
+from .errors import one_line, run_reporting_errors
 
 PROG = "epi-fast prune"
 CRITERIA = ("l2", "l1", "bn", "magnitude")
@@ -43,25 +44,15 @@ class _Parser(argparse.ArgumentParser):
         raise PruneUsageError(message)
 
 
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a ratio must be a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"a ratio must be in [0, 1), got {text}")
-    return value
-
-
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="in-repo model (resnet_small, mobilenet_small, densenet_small) or a torchvision classification model; optional with a --checkpoint that records its architecture (a model.pt written by epi-fast)")
-    p.add_argument("--ratio", required=True, type=_ratio, help="fraction of prunable group neurons to remove, in [0, 1)")
+    p.add_argument("--ratio", required=True, type=argtypes.prune_ratio, help="fraction of prunable group neurons to remove, in [0, 1)")
     p.add_argument("--criterion", default="l2", choices=CRITERIA, help="channel score (default %(default)s); magnitude = bn where a BatchNorm exists, l2 elsewhere")
     p.add_argument("--reduce", default=None, choices=REDUCTIONS, help="how coupled channels combine into one group score (default: the criterion's, mean for these magnitude criteria)")
-    p.add_argument("--min-keep", type=positive_int, default=1, help="neurons kept in every group at least (default %(default)s)")
-    p.add_argument("--input-size", nargs=2, type=positive_int, metavar=("H", "W"), default=None, help="example input size for tracing and FLOPs (default 8 8 for in-repo models, 224 224 otherwise)")
-    p.add_argument("--num-classes", type=positive_int, default=None, help="(default: the checkpoint's, else 10)")
-    p.add_argument("--in-channels", type=positive_int, default=None, help="(default: the checkpoint's, else 3)")
+    p.add_argument("--min-keep", type=argtypes.positive_int, default=1, help="neurons kept in every group at least (default %(default)s)")
+    p.add_argument("--input-size", nargs=2, type=argtypes.positive_int, metavar=("H", "W"), default=None, help="example input size for tracing and FLOPs (default 8 8 for in-repo models, 224 224 otherwise)")
+    p.add_argument("--num-classes", type=argtypes.positive_int, default=None, help="(default: the checkpoint's, else 10)")
+    p.add_argument("--in-channels", type=argtypes.positive_int, default=None, help="(default: the checkpoint's, else 3)")
     p.add_argument("--checkpoint", default=None, help="weights to prune: a state_dict file (or one under 'state_dict'/'model'), or a model.pt written by epi-fast (or the run directory holding it); without it the weights are random")
     p.add_argument("--seed", type=int, default=0, help="seeds the random weights (without --checkpoint) and the example input (default %(default)s)")
     p.add_argument("--out", required=True, help="file to write the pruned model to (model.pt format)")
