@@ -11,17 +11,8 @@ from __future__ import annotations
 import importlib
 
 from ._version import __version__
-from .ops import (
-    channel_scores,
-    global_masks,
-    global_masks_counts,
-    group_reduce,
-    info,
-    layer_counts,
-    mask_overlap,
-    taylor_accumulate_,
-    taylor_scores,
-)
+from . import ops as _ops_package
+from .ops import *  # noqa: F401,F403  (the operators and info(), as listed in epi_fast.ops.__all__)
 
 # name -> (module, attribute); attribute None means the module itself.
 _LAZY = {
@@ -37,19 +28,7 @@ _LAZY = {
     "reference": ("epi_fast.ops.reference", None),
 }
 
-__all__ = [
-    "__version__",
-    "info",
-    "channel_scores",
-    "taylor_scores",
-    "taylor_accumulate_",
-    "group_reduce",
-    "global_masks",
-    "global_masks_counts",
-    "layer_counts",
-    "mask_overlap",
-    *_LAZY,
-]
+__all__ = ["__version__", *_ops_package.__all__, *_LAZY]
 
 
 def __getattr__(name: str):

@@ -8,8 +8,8 @@ import sys
 import warnings
 
 MOVED = {
-    "epi_fast.graph": "epi_fast.layout.graph",
-    "epi_fast.scoring": "epi_fast.criteria.scoring",
+    "epi_fast.graph": "epi_fast.layout",
+    "epi_fast.scoring": "epi_fast.criteria",
     "epi_fast.serialize": "epi_fast.surgery.serialize",
     "epi_fast.pruner": "epi_fast.policy.pruner",
     "epi_fast.cli": "epi_fast.app.cli",

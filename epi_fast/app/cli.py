@@ -1,13 +1,18 @@
-"""The `epi-fast` command: `train` (EPI-guided training, this file) and `prune` (cli_prune).
+"""The `epi-fast` command: `train` (EPI-guided training, this file) and `prune` (prune_cmd).
 
     epi-fast train --out runs/digits            # digits, resnet_small, ratio 0.5, magnitude
     epi-fast train --data /data/cifar-10-batches-py --criterion gradient --epochs 60 --out runs/c10
 
 Exit status: 0 on success, 2 for a usage error (bad option, missing data, --out exists), 1 for a
-failure while running. Errors are one line on stderr; `--debug` adds the traceback.
+failure while running, 130 on Ctrl-C and 143 on SIGTERM. Errors are one line on stderr;
+`--debug` adds the traceback.
 
-`--out` is filled atomically: everything is written into a private sibling directory that is
-renamed to `--out` only when the run has finished, so `--out` never holds half a run.
+The run directory (`--out`) is created, with its marker file (`rundir.MARKER`), once the data,
+the model and the pruner are ready and before the first epoch; every file in it is written
+atomically, metrics.jsonl and summary.json after every epoch, so a run stopped at any point
+leaves a consistent directory whose summary.json says "running" (killed), "interrupted",
+"failed" or "completed". Nothing is written beside it. `--overwrite` replaces only a run
+directory this tool wrote (see rundir.py).
 """
 
 from __future__ import annotations
@@ -16,16 +21,20 @@ import argparse
 import importlib
 import math
 import os
-import random
-import shutil
+import signal
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from .errors import one_line, positive_int, run_reporting_errors
+from . import argtypes
+from .errors import one_line, report_interrupt, run_reporting_errors, sigterm_raises
+from .training import TRAIN_DEFAULTS, lr_lambda as _lr_lambda, seed_everything as _seed_everything  # noqa: F401 (the protocol imports _lr_lambda from here)
 
-__all__ = ["main", "build_parser", "UsageError", "TRAIN_DEFAULTS"]
+__all__ = ["main", "build_parser", "UsageError", "TRAIN_DEFAULTS", "SUMMARY_FORMAT"]
+
+# The layout of summary.json; the number changes only when a reader of the old one could not
+# read the new files (keys are only ever added).
+SUMMARY_FORMAT = "epi_fast.summary/1"
 
 
 class UsageError(Exception):
@@ -37,76 +46,6 @@ class _Parser(argparse.ArgumentParser):
     # stderr, so errors are raised and reported by main() instead.
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
-
-
-# Tuned so that the default run (digits, resnet_small, magnitude, ratio 0.5) finishes well
-# inside 5 minutes on 2 CPU cores, prunes because EPI fired, and ends above 0.9 top-1;
-# see docs/EPI_USAGE.md for the measurements.
-TRAIN_DEFAULTS: Dict[str, Any] = {
-    "data": "digits",
-    "model": "resnet_small",
-    "ratio": 0.5,
-    "criterion": "magnitude",
-    "epochs": 30,
-    "batch_size": 64,
-    "lr": 0.05,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "warmup_epochs": 1,
-    "window": 5,
-    "patience": 5,
-}
-
-
-def _ratio(text: str) -> float:
-    try:
-        r = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 < r < 1.0:
-        raise argparse.ArgumentTypeError(f"a prune ratio must be in (0, 1), got {text}")
-    return r
-
-
-def _ratios(text: str) -> List[float]:
-    return [_ratio(t) for t in text.replace(",", " ").split() if t]
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
-
-
-def _tau(text: str) -> float:
-    v = _positive_float(text)
-    if v > 1:
-        raise argparse.ArgumentTypeError(f"tau must be in (0, 1], got {text}")
-    return v
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -123,37 +62,37 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("data and model")
     g.add_argument("--data", default=d["data"], help="'digits' (embedded, default), an ImageFolder directory, or a CIFAR-10 python batches directory")
     g.add_argument("--data-format", default="auto", choices=FORMATS, help="format of --data (default: detected)")
-    g.add_argument("--input-size", type=positive_int, nargs="+", metavar="N", help="ImageFolder image size: H [W] (default 32)")
+    g.add_argument("--input-size", type=argtypes.positive_int, nargs="+", metavar="N", help="ImageFolder image size: H [W] (default 32)")
     g.add_argument("--model", default=d["model"], help="architecture name for epi_fast.models.build_model (default %(default)s)")
     g = p.add_argument_group("pruning policy")
-    g.add_argument("--ratio", type=_ratio, default=d["ratio"], help="target prune ratio in (0, 1) (default %(default)s)")
+    g.add_argument("--ratio", type=argtypes.train_ratio, default=d["ratio"], help="target prune ratio in (0, 1) (default %(default)s)")
     g.add_argument("--criterion", default=d["criterion"], choices=CRITERIA, help="neuron importance (default %(default)s)")
-    g.add_argument("--window", type=positive_int, default=d["window"], help="EPI window r (default %(default)s)")
-    g.add_argument("--tau", type=_tau, default=None, help="EPI threshold (default 0.944 for gradient/taylor, 0.983 otherwise)")
-    g.add_argument("--patience", type=_non_negative_int, default=d["patience"], help="previous EPI values a firing EPI must not be below (default %(default)s)")
-    g.add_argument("--track-ratios", type=_ratios, default=[], metavar="R[,R...]", help="more ratios whose EPI curves are recorded, e.g. 0.3,0.7")
-    g.add_argument("--deadline-epoch", type=positive_int, default=None, help="prune after this epoch if EPI has not fired")
+    g.add_argument("--window", type=argtypes.positive_int, default=d["window"], help="EPI window r (default %(default)s)")
+    g.add_argument("--tau", type=argtypes.tau, default=None, help="EPI threshold (default 0.944 for gradient/taylor, 0.983 otherwise)")
+    g.add_argument("--patience", type=argtypes.non_negative_int, default=d["patience"], help="previous EPI values a firing EPI must not be below (default %(default)s)")
+    g.add_argument("--track-ratios", type=argtypes.ratio_list, default=[], metavar="R[,R...]", help="more ratios whose EPI curves are recorded, e.g. 0.3,0.7")
+    g.add_argument("--deadline-epoch", type=argtypes.positive_int, default=None, help="prune after this epoch if EPI has not fired")
     g.add_argument(
         "--group-reduce", default=None, choices=("sum", "mean", "max"),
         help="how coupled channels (residual adds) combine into one neuron's score (default: sum for "
         "gradient/taylor, mean for magnitude criteria)",
     )
-    g.add_argument("--min-keep", type=positive_int, default=1, help="channels every group keeps (default %(default)s)")
+    g.add_argument("--min-keep", type=argtypes.positive_int, default=1, help="channels every group keeps (default %(default)s)")
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=positive_int, default=d["epochs"], help="epochs in total (default %(default)s)")
-    g.add_argument("--batch-size", type=positive_int, default=d["batch_size"], help="(default %(default)s)")
-    g.add_argument("--lr", type=_positive_float, default=d["lr"], help="peak learning rate of SGD with Nesterov momentum, cosine decay (default %(default)s)")
-    g.add_argument("--momentum", type=_non_negative_float, default=d["momentum"], help="(default %(default)s)")
-    g.add_argument("--weight-decay", type=_non_negative_float, default=d["weight_decay"], help="(default %(default)s)")
-    g.add_argument("--warmup-epochs", type=_non_negative_int, default=d["warmup_epochs"], help="linear learning-rate warm-up (default %(default)s)")
+    g.add_argument("--epochs", type=argtypes.positive_int, default=d["epochs"], help="epochs in total (default %(default)s)")
+    g.add_argument("--batch-size", type=argtypes.positive_int, default=d["batch_size"], help="(default %(default)s)")
+    g.add_argument("--lr", type=argtypes.positive_float, default=d["lr"], help="peak learning rate of SGD with Nesterov momentum, cosine decay (default %(default)s)")
+    g.add_argument("--momentum", type=argtypes.non_negative_float, default=d["momentum"], help="(default %(default)s)")
+    g.add_argument("--weight-decay", type=argtypes.non_negative_float, default=d["weight_decay"], help="(default %(default)s)")
+    g.add_argument("--warmup-epochs", type=argtypes.non_negative_int, default=d["warmup_epochs"], help="linear learning-rate warm-up (default %(default)s)")
     g.add_argument("--amp", action="store_true", help="mixed precision: float16 + GradScaler on CUDA, bfloat16 on CPU")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
-    g.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: 1 for digits, else the cores this process may use)")
-    g.add_argument("--workers", type=_non_negative_int, default=0, help="DataLoader worker processes (default %(default)s)")
+    g.add_argument("--threads", type=argtypes.positive_int, default=None, help="CPU threads for torch (default: 1 for digits, else the cores this process may use)")
+    g.add_argument("--workers", type=argtypes.non_negative_int, default=0, help="DataLoader worker processes (default %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="seeds the split, the initialisation and the batch order (default %(default)s)")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="run directory to create (summary.json, metrics.jsonl, epi_curve.png, model.pt)")
-    g.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    g.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier run directory of this tool (it carries the .epi-fast-run marker and nothing else but the tool's files); anything else is refused")
     g.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=run_train)
@@ -196,9 +135,9 @@ def default_group_reduce(criterion: str) -> str:
     channel from initialisation on (EPI "fires" at epoch 5 on a structure that never moved).
     The mean keeps the ranking about the magnitudes.
     """
-    from ..policy.pruner import GRADIENT_CRITERIA
+    from ..criteria import get_criterion
 
-    return "sum" if criterion in GRADIENT_CRITERIA else "mean"
+    return get_criterion(criterion).reduction(None)
 
 
 def _default_threads(data: str) -> int:
@@ -209,19 +148,23 @@ def _default_threads(data: str) -> int:
     return 1 if data == "digits" else _available_cores()
 
 
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def _validate_train(args) -> None:
     """Every check that can fail before any work starts: these are usage errors (exit 2)."""
     import torch
 
     from .data import detect_format
+    from .rundir import RunDirRefused, check_out
     from ..policy.pruner import default_tau
 
-    out = os.path.abspath(args.out)
-    if os.path.exists(out):
-        if not args.overwrite:
-            raise UsageError(f"--out {args.out} already exists (pass --overwrite to replace it)")
-        if not os.path.isdir(out):
-            raise UsageError(f"--out {args.out} exists and is not a directory")
+    try:
+        check_out(args.out, args.overwrite)
+    except RunDirRefused as e:
+        raise UsageError(str(e)) from None
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
@@ -240,31 +183,12 @@ def _validate_train(args) -> None:
             raise UsageError(f"--data: {e}") from None
     elif args.data_format != "digits" and not os.path.isdir(args.data):
         raise UsageError(f"--data {args.data}: no such directory")
+    if os.path.isdir(args.data) and _inside(args.out, args.data):
+        raise UsageError(f"--out {args.out} is inside --data {args.data}: the run would become part of the data set")
     if args.tau is None:
         args.tau = default_tau(args.criterion)
     if args.group_reduce is None:
         args.group_reduce = default_group_reduce(args.criterion)
-
-
-def _seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _lr_lambda(total_steps: int, warmup_steps: int):
-    # Linear warm-up, then cosine to zero, per optimizer step: the schedule does not depend on
-    # the network, so it continues unchanged across the prune.
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
 
 
 def _evaluate(model, loader, device, amp_dtype) -> float:
@@ -292,149 +216,205 @@ def _padded(values: Sequence[Optional[float]], length: int) -> List[Optional[flo
     return list(values)[:length] + [None] * max(0, length - len(values))
 
 
-def run_train(args) -> int:
-    _validate_train(args)
-    out = os.path.abspath(args.out)
-    parent = os.path.dirname(out)
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"--out {args.out}: cannot create its parent directory: {e.strerror}") from None
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)
-    try:
-        _train(args, staging)
-        _publish(staging, out)
-    except BaseException:
-        if args.debug:
-            print(f"epi-fast train: partial results kept in {staging}", file=sys.stderr)
-        else:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    print(f"results in {args.out}")
-    return 0
+class _Setup:
+    """Everything a run needs, built before anything is written: a failure here leaves --out
+    (and an earlier run there) as it was."""
 
+    def __init__(self, args) -> None:
+        import torch
+        from torch.utils.data import DataLoader
 
-def _publish(staging: str, out: str) -> None:
-    """Rename the finished run into place; an existing --out (with --overwrite) is replaced
-    only once the new one is complete."""
-    if os.path.exists(out):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
-        os.rmdir(old)
-        os.replace(out, old)
-        os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out)
+        from .data import DataFormatError, load_dataset
+        from .training import make_optimizer, make_scheduler
+        from ..models import build_model
+        from ..policy.pruner import EPIPruner
 
+        torch.set_num_threads(args.threads or _default_threads(args.data))
+        _seed_everything(args.seed)
+        self.device = device = torch.device(args.device)
+        try:
+            self.data = data = load_dataset(args.data, args.data_format, args.input_size, seed=args.seed)
+        except DataFormatError:
+            raise  # the files are there but broken: a failure, not a usage error
+        except (FileNotFoundError, ValueError) as e:
+            raise UsageError(f"--data: {e}") from None
 
-def _train(args, outdir: str) -> None:
-    import torch
-    import torch.nn.functional as F
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
+        try:
+            model = build_model(args.model, num_classes=data.num_classes, in_channels=data.in_channels)
+        except (KeyError, ValueError) as e:
+            raise UsageError(f"--model: {e.args[0] if e.args else e}") from None
+        self.model = model.to(device)
 
-    from . import report as rep
-    from .data import DataFormatError, load_dataset
-    from ..policy.pruner import EPIPruner
-
-    torch.set_num_threads(args.threads or _default_threads(args.data))
-    _seed_everything(args.seed)
-    device = torch.device(args.device)
-
-    try:
-        data = load_dataset(args.data, args.data_format, args.input_size, seed=args.seed)
-    except DataFormatError:
-        raise  # the files are there but broken: a failure, not a usage error
-    except (FileNotFoundError, ValueError) as e:
-        raise UsageError(f"--data: {e}") from None
-
-    from ..models import build_model
-
-    try:
-        model = build_model(args.model, num_classes=data.num_classes, in_channels=data.in_channels)
-    except (KeyError, ValueError) as e:
-        raise UsageError(f"--model: {e.args[0] if e.args else e}") from None
-    model.to(device)
-
-    gen = torch.Generator().manual_seed(args.seed)
-    pin = device.type == "cuda"
-    train_loader = DataLoader(
-        data.train, batch_size=args.batch_size, shuffle=True, drop_last=len(data.train) > args.batch_size,
-        generator=gen, num_workers=args.workers, pin_memory=pin,
-    )
-    test_loader = DataLoader(data.test, batch_size=max(256, args.batch_size), num_workers=args.workers, pin_memory=pin)
-    if len(train_loader) == 0:
-        raise UsageError(f"--batch-size {args.batch_size}: the training set has only {len(data.train)} samples")
-
-    # No weight decay on BatchNorm and biases: decaying gamma would pull the BN magnitudes that
-    # the criterion ranks towards zero for reasons unrelated to importance.
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.dim() <= 1 else decay).append(p)
-    optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0,
-    )
-    steps_per_epoch = len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch)
-    )
-
-    amp_dtype = None
-    scaler = None
-    if args.amp:
-        amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-        # bfloat16 has float32's range: no loss scaling needed on the CPU.
-        scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-
-    example = data.example_input(1).to(device)
-    try:
-        pruner = EPIPruner(
-            model, optimizer, args.ratio, example, criterion=args.criterion, window=args.window, tau=args.tau,
-            patience=args.patience, track_ratios=args.track_ratios, deadline_epoch=args.deadline_epoch,
-            min_keep=args.min_keep, reduce=args.group_reduce,
+        gen = torch.Generator().manual_seed(args.seed)
+        pin = device.type == "cuda"
+        self.train_loader = DataLoader(
+            data.train, batch_size=args.batch_size, shuffle=True, drop_last=len(data.train) > args.batch_size,
+            generator=gen, num_workers=args.workers, pin_memory=pin,
         )
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+        self.test_loader = DataLoader(data.test, batch_size=max(256, args.batch_size), num_workers=args.workers, pin_memory=pin)
+        if len(self.train_loader) == 0:
+            raise UsageError(f"--batch-size {args.batch_size}: the training set has only {len(data.train)} samples")
 
-    metrics: List[Dict[str, Any]] = []
-    metrics_path = os.path.join(outdir, "metrics.jsonl")
-    t_start = time.perf_counter()
-    show = not args.no_progress
-    for epoch in range(1, args.epochs + 1):
+        # SGD without weight decay on BatchNorm and biases; warm-up then cosine per step.
+        self.optimizer = make_optimizer(model, args.lr, args.momentum, args.weight_decay)
+        self.steps_per_epoch = len(self.train_loader)
+        self.scheduler = make_scheduler(self.optimizer, args.epochs, self.steps_per_epoch, args.warmup_epochs)
+
+        self.amp_dtype = None
+        self.scaler = None
+        if args.amp:
+            self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+            # bfloat16 has float32's range: no loss scaling needed on the CPU.
+            self.scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+
+        example = data.example_input(1).to(device)
+        try:
+            self.pruner = EPIPruner(
+                model, self.optimizer, args.ratio, example, criterion=args.criterion, window=args.window, tau=args.tau,
+                patience=args.patience, track_ratios=args.track_ratios, deadline_epoch=args.deadline_epoch,
+                min_keep=args.min_keep, reduce=args.group_reduce,
+            )
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        # Sizes of the dense network, counted once (the pruner's report recounts them while unpruned).
+        self.dense_report = self.pruner.report()
+
+
+class _Run:
+    """One training run writing into its run directory: metrics.jsonl and summary.json after
+    every epoch (atomically, so an interrupted run leaves a consistent folder), model.pt and
+    epi_curve.png at the end, then summary.json with "status": "completed"."""
+
+    def __init__(self, args, setup: _Setup) -> None:
+        from .rundir import process_entry
+
+        self.args = args
+        self.s = setup
+        self.outdir = ""  # set by run_train once the directory exists
+        self.process = process_entry()
+        self.metrics: List[Dict[str, Any]] = []
+        self.warnings: List[str] = []
+        self.train_seconds = 0.0
+        self._t_start: Optional[float] = None
+
+    @property
+    def epochs_completed(self) -> int:
+        return len(self.metrics)
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.outdir, name)
+
+    def _epi_tracked(self) -> Dict[str, List[Optional[float]]]:
+        T = self.args.epochs
+        return {_ratio_key(r): _padded(h, T + 1) for r, h in self.s.pruner.epi_history.items()}
+
+    def summary(self, status: str, **extra: Any) -> Dict[str, Any]:
+        import torch
+
+        from .._version import __version__
+
+        args, pruner = self.args, self.s.pruner
+        rep_ = pruner.report() if pruner.pruned else self.s.dense_report
+        T = args.epochs
+        epi_tracked = self._epi_tracked()
+        out: Dict[str, Any] = {
+            "format": SUMMARY_FORMAT,
+            "epi_fast_version": __version__,
+            "status": status,
+            "epochs_completed": self.epochs_completed,
+            "process": self.process,
+        }
+        out.update(extra)
+        out.update({
+            "data": self.s.data.name,
+            "model": args.model,
+            "ratio": args.ratio,
+            "criterion": args.criterion,
+            "window": args.window,
+            "tau": args.tau,
+            "patience": args.patience,
+            "track_ratios": sorted(pruner.ratios),
+            "deadline_epoch": args.deadline_epoch,
+            "epochs": T,
+            "prune_epoch": pruner.prune_epoch,
+            "prune_reason": pruner.prune_reason,
+            "epi": epi_tracked[_ratio_key(args.ratio)],
+            "epi_tracked": epi_tracked,
+            "params_before": rep_["params_before"],
+            "params_after": rep_["params_after"],
+            "flops_before": rep_["flops_before"],
+            "flops_after": rep_["flops_after"],
+            "macs_before": rep_.get("macs_before"),
+            "macs_after": rep_.get("macs_after"),
+            "kept_counts": pruner.kept_counts,
+            "top1_final": self.metrics[-1]["test_top1"] if self.metrics else None,
+            "train_seconds": self.train_seconds,
+            "skipped_steps": pruner.skipped_steps,
+            "warnings": list(self.warnings),
+            "seed": args.seed,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "amp": bool(args.amp),
+            "device": str(self.s.device),
+            "threads": torch.get_num_threads(),
+            "group_reduce": args.group_reduce,
+            # The command line as parsed (defaults filled in), for a later --resume.
+            "arguments": {k: v for k, v in sorted(vars(args).items()) if k not in ("func", "command", "debug")},
+        })
+        return out
+
+    def write_progress(self, status: str = "running", **extra: Any) -> None:
+        from . import report as rep
+
+        rep.write_jsonl(self._path("metrics.jsonl"), self.metrics)
+        rep.write_json(self._path("summary.json"), self.summary(status, **extra))
+
+    def _epoch(self, epoch: int) -> None:
+        import torch
+        import torch.nn.functional as F
+        from tqdm import tqdm
+
+        from ..policy.decision import late_prune_message
+
+        args, s = self.args, self.s
+        model, optimizer, pruner, device, amp_dtype, scaler = s.model, s.optimizer, s.pruner, s.device, s.amp_dtype, s.scaler
         t_epoch = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{args.epochs}", leave=False, file=sys.stderr,
-                   disable=not show, dynamic_ncols=True)
-        for x, y in train_loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                pruner.accumulate()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                pruner.accumulate()
-                optimizer.step()
-            scheduler.step()
-            # Device-side sums: no host sync per step.
-            loss_sum += loss.detach().float() * y.numel()
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += y.numel()
-            bar.update(1)
-        bar.close()
+        bar = tqdm(total=s.steps_per_epoch, desc=f"epoch {epoch}/{args.epochs}", leave=False, file=sys.stderr,
+                   disable=args.no_progress, dynamic_ncols=True)
+        try:
+            for x, y in s.train_loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    pruner.accumulate()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    pruner.accumulate()
+                    optimizer.step()
+                s.scheduler.step()
+                # Device-side sums: no host sync per step.
+                loss_sum += loss.detach().float() * y.numel()
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += y.numel()
+                bar.update(1)
+        finally:
+            bar.close()  # also on Ctrl-C: no half-drawn bar before the last line
         lr_now = optimizer.param_groups[0]["lr"]
         pruned_now = pruner.epoch_end()
-        test_top1 = _evaluate(model, test_loader, device, amp_dtype)
+        if pruned_now:
+            model = s.model = pruner.module
+        test_top1 = _evaluate(model, s.test_loader, device, amp_dtype)
         epi_now = {_ratio_key(r): (h[epoch] if len(h) > epoch else None) for r, h in pruner.epi_history.items()}
         params = sum(p.numel() for p in model.parameters())
         record = {
@@ -445,77 +425,109 @@ def _train(args, outdir: str) -> None:
             "test_top1": test_top1,
             "epi": epi_now,
             "pruned": pruner.pruned,
+            # In this epoch test_top1 is measured right after the prune, before any training of
+            # the smaller network; loss and train_top1 are the dense network's.
             "pruned_now": pruned_now,
             "params": params,
             "seconds": time.perf_counter() - t_epoch,
         }
-        metrics.append(record)
-        rep.write_jsonl(metrics_path, metrics)
+        self.metrics.append(record)
+        self.train_seconds = time.perf_counter() - self._t_start
         target = epi_now[_ratio_key(args.ratio)]
+        test_text = f"test {test_top1:.3f}" + (" (right after the prune)" if pruned_now else "")
         line = (
             f"epoch {epoch:3d}/{args.epochs}  loss {record['loss']:.4f}  train {record['train_top1']:.3f}  "
-            f"test {test_top1:.3f}  EPI {'-' if target is None else f'{target:.4f}'}  params {params}"
+            f"{test_text}  EPI {'-' if target is None else f'{target:.4f}'}  params {params}"
         )
         if pruned_now:
             line += f"  <- pruned ({pruner.prune_reason})"
         tqdm.write(line, file=sys.stdout)
+        if pruned_now:
+            late = late_prune_message(pruner.prune_epoch, args.epochs)
+            if late:
+                self.warnings.append(late)
+                tqdm.write(f"epi-fast train: warning: {late}", file=sys.stderr)
         if not math.isfinite(record["loss"]):
             raise RuntimeError(f"training diverged at epoch {epoch} (loss is {record['loss']}); try a smaller --lr")
-    train_seconds = time.perf_counter() - t_start
+        self.write_progress()
 
-    model = pruner.module
-    rep_ = pruner.report()
-    T = args.epochs
-    epi_tracked = {_ratio_key(r): _padded(h, T + 1) for r, h in pruner.epi_history.items()}
-    summary = {
-        "data": data.name,
-        "model": args.model,
-        "ratio": args.ratio,
-        "criterion": args.criterion,
-        "window": args.window,
-        "tau": args.tau,
-        "patience": args.patience,
-        "track_ratios": sorted(pruner.ratios),
-        "deadline_epoch": args.deadline_epoch,
-        "epochs": T,
-        "prune_epoch": pruner.prune_epoch,
-        "prune_reason": pruner.prune_reason,
-        "epi": epi_tracked[_ratio_key(args.ratio)],
-        "epi_tracked": epi_tracked,
-        "params_before": rep_["params_before"],
-        "params_after": rep_["params_after"],
-        "flops_before": rep_["flops_before"],
-        "flops_after": rep_["flops_after"],
-        "macs_before": rep_.get("macs_before"),
-        "macs_after": rep_.get("macs_after"),
-        "kept_counts": pruner.kept_counts,
-        "top1_final": metrics[-1]["test_top1"],
-        "train_seconds": train_seconds,
-        "skipped_steps": pruner.skipped_steps,
-        "seed": args.seed,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "amp": bool(args.amp),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "group_reduce": args.group_reduce,
-    }
-    from ..surgery.serialize import save_pruned
+    def train(self) -> None:
+        self._t_start = time.perf_counter()
+        for epoch in range(1, self.args.epochs + 1):
+            self._epoch(epoch)
 
-    save_pruned(
-        model, os.path.join(outdir, "model.pt"),
-        arch={"name": args.model, "kwargs": {"num_classes": data.num_classes, "in_channels": data.in_channels}},
-    )
-    rep.plot_epi_curve(
-        os.path.join(outdir, "epi_curve.png"), epi_tracked, args.tau, pruner.prune_epoch,
-        title=f"EPI, {args.model} on {data.name}, {args.criterion}",
-    )
-    rep.write_json(os.path.join(outdir, "summary.json"), summary)
-    pe = "never" if pruner.prune_epoch is None else f"after epoch {pruner.prune_epoch} ({pruner.prune_reason})"
+    def finish(self) -> Dict[str, Any]:
+        from . import report as rep
+        from ..surgery.serialize import save_pruned
+
+        args, s = self.args, self.s
+        save_pruned(
+            s.pruner.module, self._path("model.pt"),
+            arch={"name": args.model, "kwargs": {"num_classes": s.data.num_classes, "in_channels": s.data.in_channels}},
+        )
+        rep.plot_epi_curve(
+            self._path("epi_curve.png"), self._epi_tracked(), args.tau, s.pruner.prune_epoch,
+            title=f"EPI, {args.model} on {s.data.name}, {args.criterion}",
+        )
+        summary = self.summary("completed")
+        rep.write_json(self._path("summary.json"), summary)
+        return summary
+
+    def record_stop(self, e: BaseException) -> None:
+        """Mark the run directory as interrupted or failed (best effort: the original error is
+        what the user must see)."""
+        from .errors import interrupt_signal_name, one_line
+
+        done, T = self.epochs_completed, self.args.epochs
+        where = f"{done} of {T} epochs done" if done < T else f"all {T} epochs done, the final files not all written"
+        if isinstance(e, KeyboardInterrupt):
+            status = "interrupted"
+            extra = {"interrupted_by": interrupt_signal_name(getattr(e, "signum", signal.SIGINT))}
+            detail = f"{where}; the run so far is in {self.args.out} (summary.json says \"interrupted\")"
+        else:
+            status = "failed"
+            extra = {"error": f"{type(e).__name__}: {one_line(e)}"}
+            detail = f"{where}; the run so far is in {self.args.out} (summary.json says \"failed\")"
+        try:
+            self.write_progress(status, **extra)
+        except BaseException:  # a second Ctrl-C, a full disk: the last consistent summary stays
+            return
+        try:
+            e.epi_fast_detail = detail  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+
+
+def run_train(args) -> int:
+    from .rundir import RunDirRefused, start
+
+    _validate_train(args)
+    try:
+        setup = _Setup(args)
+    except KeyboardInterrupt as e:
+        e.epi_fast_detail = "before training started; nothing was written"  # type: ignore[attr-defined]
+        raise
+    run = _Run(args, setup)
+    try:
+        run.outdir = start(args.out, args.overwrite, run.summary("running"))
+    except RunDirRefused as e:
+        raise UsageError(str(e)) from None
+    except KeyboardInterrupt as e:
+        e.epi_fast_detail = "before training started"  # type: ignore[attr-defined]
+        raise
+    try:
+        run.train()
+        summary = run.finish()
+    except BaseException as e:
+        run.record_stop(e)
+        raise
+    pe = "never" if summary["prune_epoch"] is None else f"after epoch {summary['prune_epoch']} ({summary['prune_reason']})"
     print(
         f"pruned {pe}; params {summary['params_before']} -> {summary['params_after']}; "
-        f"top-1 {summary['top1_final']:.4f}; {train_seconds:.1f} s"
+        f"top-1 {summary['top1_final']:.4f}; {summary['train_seconds']:.1f} s"
     )
+    print(f"results in {args.out}")
+    return 0
 
 
 # -- entry point -----------------------------------------------------------------------------------
@@ -524,6 +536,14 @@ def _train(args, outdir: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    with sigterm_raises():
+        try:
+            return _main(argv, debug)
+        except KeyboardInterrupt as e:  # while the parser imports torch, before a command runs
+            return report_interrupt("epi-fast", debug, e)
+
+
+def _main(argv: List[str], debug: bool) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -1,24 +1,26 @@
 """How every `epi-fast` subcommand reports a failure: one line on stderr naming the problem,
-exit status 2 for usage errors and 1 for failures, a traceback only with --debug; and the
-argument types the subcommands share."""
+exit status 2 for usage errors and 1 for failures, a traceback only with --debug; how it stops
+on Ctrl-C (exit 130) and SIGTERM (exit 143); and the argument types the subcommands share.
+
+SIGTERM is turned into `Terminated`, a KeyboardInterrupt, for the duration of the command only
+(`sigterm_raises`): every `except Exception` in the libraries lets it through, as it lets
+Ctrl-C through, so the same clean-up runs for both.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import traceback
-from typing import Callable, Tuple, Type
+from typing import Callable, Iterator, Optional, Tuple, Type
 
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (counts, sizes, epochs)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+__all__ = [
+    "one_line", "run_reporting_errors", "Terminated", "sigterm_raises",
+    "interrupt_exit_status", "interrupt_signal_name", "report_interrupt",
+]
 
 
 def one_line(e: BaseException) -> str:
@@ -26,22 +28,83 @@ def one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
+class Terminated(KeyboardInterrupt):
+    """The process received SIGTERM (or another terminating signal) while a command ran."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(interrupt_signal_name(signum))
+        self.signum = int(signum)
+
+
+def interrupt_signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _signum(e: KeyboardInterrupt) -> int:
+    return int(getattr(e, "signum", signal.SIGINT))
+
+
+def interrupt_exit_status(e: KeyboardInterrupt) -> int:
+    """130 for Ctrl-C (SIGINT), 143 for SIGTERM: 128 + the signal number, as a shell reports a
+    process the signal killed."""
+    return 128 + _signum(e)
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While inside, SIGTERM raises `Terminated` in the main thread; the previous handler is
+    restored on the way out. Outside the main thread (where Python cannot install handlers)
+    it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        # None: a handler installed outside Python; the default is the nearest thing to it.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def run_reporting_errors(prog: str, debug: bool, func: Callable[[], int],
                          usage_errors: Tuple[Type[BaseException], ...]) -> int:
-    try:
-        return int(func() or 0)
-    except usage_errors as e:
-        if debug:
-            traceback.print_exc()
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if debug:
-            traceback.print_exc()
-        # Expected failures read as plain messages; anything else names its type.
-        kind = "" if isinstance(e, (RuntimeError, OSError, ValueError)) else f"{type(e).__name__}: "
-        print(f"{prog}: error: {kind}{one_line(e)}", file=sys.stderr)
-        return 1
+    """Run `func` and turn what it raises into the exit status and one line on stderr.
+
+    A failure or an interruption may carry `epi_fast_detail` (a short text) to be printed
+    after its message, e.g. where the partial results are."""
+    with sigterm_raises():
+        try:
+            return int(func() or 0)
+        except usage_errors as e:
+            if debug:
+                traceback.print_exc()
+            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as e:
+            return report_interrupt(prog, debug, e)
+        except Exception as e:
+            if debug:
+                traceback.print_exc()
+            # Expected failures read as plain messages; anything else names its type.
+            kind = "" if isinstance(e, (RuntimeError, OSError, ValueError)) else f"{type(e).__name__}: "
+            detail = getattr(e, "epi_fast_detail", None)
+            print(f"{prog}: error: {kind}{one_line(e)}{' (' + detail + ')' if detail else ''}", file=sys.stderr)
+            return 1
+
+
+def report_interrupt(prog: str, debug: bool, e: KeyboardInterrupt) -> int:
+    """The one line of an interrupted command; returns its exit status (130 or 143)."""
+    if debug:
+        traceback.print_exc()
+    signum = _signum(e)
+    how = "" if signum == signal.SIGINT else f" ({interrupt_signal_name(signum)})"
+    detail: Optional[str] = getattr(e, "epi_fast_detail", None)
+    print(f"{prog}: interrupted{how}{': ' + detail if detail else ''}", file=sys.stderr)
+    return interrupt_exit_status(e)

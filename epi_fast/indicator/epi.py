@@ -20,7 +20,6 @@ every rank that feeds them the same counts.
 
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
 from collections import deque
@@ -29,12 +28,13 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .._args import check_int, check_unit
+
 __all__ = [
     "structure_similarity",
     "layer_distances",
     "EarlyPruningIndicator",
     "update_indicators",
-    "EarlyBirdIndicator",
 ]
 
 
@@ -111,14 +111,29 @@ def structure_similarity(n1: Sequence[int], n2: Sequence[int]) -> float:
     return 1.0 - math.fsum(d) / len(d)
 
 
-def _check_epoch_rule_args(window: Any, patience: Any) -> None:
-    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
-        raise ValueError(f"window must be an integer >= 1, got {window!r}")
-    if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 0:
-        raise ValueError(f"patience must be an integer >= 0, got {patience!r}")
+class EpochHistory:
+    """What every indicator answers: one value per recorded epoch t = 0, 1, ... (None where
+    undefined) in `_history`, and the first epoch its rule held in `_fired_epoch`."""
+
+    _history: List[Optional[float]]
+    _fired_epoch: Optional[int]
+
+    @property
+    def fired(self) -> bool:
+        return self._fired_epoch is not None
+
+    @property
+    def fired_epoch(self) -> Optional[int]:
+        """The epoch t (0 = initialisation) at which the rule first held, else None."""
+        return self._fired_epoch
+
+    @property
+    def history(self) -> List[Optional[float]]:
+        """The indicator's value per recorded epoch t = 0, 1, ...; None where undefined."""
+        return list(self._history)
 
 
-class EarlyPruningIndicator:
+class EarlyPruningIndicator(EpochHistory):
     """EPI for one prune ratio.
 
     Args:
@@ -133,12 +148,9 @@ class EarlyPruningIndicator:
     """
 
     def __init__(self, window: int = 5, tau: float = 0.983, patience: int = 5) -> None:
-        _check_epoch_rule_args(window, patience)
-        if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not (0.0 < tau <= 1.0):
-            raise ValueError(f"tau must be in (0, 1], got {tau!r}")
-        self.window = int(window)
-        self.tau = float(tau)
-        self.patience = int(patience)
+        self.window = check_int(window, "window", 1)
+        self.tau = check_unit(tau, "tau", low_open=True, high_open=False)
+        self.patience = check_int(patience, "patience", 0)
         self.reset()
 
     def reset(self) -> None:
@@ -209,20 +221,6 @@ class EarlyPruningIndicator:
 
     # -- reading -------------------------------------------------------------------------
     @property
-    def fired(self) -> bool:
-        return self._fired_epoch is not None
-
-    @property
-    def fired_epoch(self) -> Optional[int]:
-        """The epoch t (0 = initialisation) at which the rule first held, else None."""
-        return self._fired_epoch
-
-    @property
-    def history(self) -> List[Optional[float]]:
-        """EPI value per recorded epoch t = 0, 1, ...; None where undefined."""
-        return list(self._history)
-
-    @property
     def epoch(self) -> int:
         """The t of the latest recorded structure (-1 before the first update)."""
         return len(self._history) - 1
@@ -266,6 +264,51 @@ class EarlyPruningIndicator:
         self._fired_epoch = state["fired_epoch"]
         self._num_layers = state["num_layers"]
 
+    @classmethod
+    def update_many(cls, indicators: Sequence["EarlyPruningIndicator"], counts: Any) -> List[Optional[float]]:
+        """Feeds one epoch's structures to several indicators: row i of `counts` to `indicators[i]`.
+
+        The result, and every indicator's state afterwards, is what `indicators[i].update(counts[i])`
+        in turn gives, bit for bit; this is the per-epoch path for several tracked ratios (one
+        [ratios, L] counts tensor per epoch), with the EPI values of all indicators whose window is
+        full computed in one array pass. `counts` is an integer tensor or array [len(indicators), L],
+        or a sequence of per-indicator count sequences. If a row is refused, no indicator has been
+        updated.
+        """
+        inds = list(indicators)
+        for i, ind in enumerate(inds):
+            if not isinstance(ind, cls):
+                raise TypeError(f"indicators[{i}] must be an EarlyPruningIndicator, got {type(ind).__name__}")
+        if len({id(ind) for ind in inds}) != len(inds):
+            raise ValueError("indicators holds the same indicator twice; each takes one structure per epoch")
+        rows, array = _count_rows(counts, len(inds))
+        for i, (ind, n) in enumerate(zip(inds, rows)):
+            if ind._num_layers is not None and len(n) != ind._num_layers:
+                raise ValueError(
+                    f"counts[{i}] has {len(n)} layers but indicators[{i}]'s earlier structures had "
+                    f"{ind._num_layers}; the layer set must not change while tracking"
+                )
+        # Indicators with a full window and one (window, L) shape are computed together.
+        batch: Dict[tuple, List[int]] = {}
+        for i, (ind, n) in enumerate(zip(inds, rows)):
+            if len(ind._structures) == ind.window:
+                batch.setdefault((ind.window, len(n)), []).append(i)
+        epis: List[Optional[float]] = [None] * len(inds)
+        currents: List[Optional[np.ndarray]] = [None] * len(inds)
+        for (window, _), members in batch.items():
+            if array is not None:
+                current = array if len(members) == len(inds) else array[members]
+            else:
+                current = np.array([rows[i] for i in members], dtype=np.int64)  # [b, L]
+            rings = np.stack([inds[i]._full_ring() for i in members])  # [b, r, L]
+            psi = _psi_rows(current, rings).tolist()  # [b][r]
+            for j, i in enumerate(members):
+                epis[i] = math.fsum(psi[j]) / window
+                currents[i] = current[j]
+        for ind, n, current, epi in zip(inds, rows, currents, epis):
+            ind._commit(n, current, epi)
+        return epis
+
     def __repr__(self) -> str:
         return (
             f"EarlyPruningIndicator(window={self.window}, tau={self.tau}, patience={self.patience}, "
@@ -274,48 +317,8 @@ class EarlyPruningIndicator:
 
 
 def update_indicators(indicators: Sequence[EarlyPruningIndicator], counts: Any) -> List[Optional[float]]:
-    """Feeds one epoch's structures to several indicators: row i of `counts` to `indicators[i]`.
-
-    The result, and every indicator's state afterwards, is what `indicators[i].update(counts[i])`
-    in turn gives, bit for bit; this is the per-epoch path for several tracked ratios (one
-    [ratios, L] counts tensor per epoch), with the EPI values of all indicators whose window is
-    full computed in one array pass. `counts` is an integer tensor or array [len(indicators), L],
-    or a sequence of per-indicator count sequences. If a row is refused, no indicator has been
-    updated.
-    """
-    inds = list(indicators)
-    for i, ind in enumerate(inds):
-        if not isinstance(ind, EarlyPruningIndicator):
-            raise TypeError(f"indicators[{i}] must be an EarlyPruningIndicator, got {type(ind).__name__}")
-    if len({id(ind) for ind in inds}) != len(inds):
-        raise ValueError("indicators holds the same indicator twice; each takes one structure per epoch")
-    rows, array = _count_rows(counts, len(inds))
-    for i, (ind, n) in enumerate(zip(inds, rows)):
-        if ind._num_layers is not None and len(n) != ind._num_layers:
-            raise ValueError(
-                f"counts[{i}] has {len(n)} layers but indicators[{i}]'s earlier structures had "
-                f"{ind._num_layers}; the layer set must not change while tracking"
-            )
-    # Indicators with a full window and one (window, L) shape are computed together.
-    batch: Dict[tuple, List[int]] = {}
-    for i, (ind, n) in enumerate(zip(inds, rows)):
-        if len(ind._structures) == ind.window:
-            batch.setdefault((ind.window, len(n)), []).append(i)
-    epis: List[Optional[float]] = [None] * len(inds)
-    currents: List[Optional[np.ndarray]] = [None] * len(inds)
-    for (window, _), members in batch.items():
-        if array is not None:
-            current = array if len(members) == len(inds) else array[members]
-        else:
-            current = np.array([rows[i] for i in members], dtype=np.int64)  # [b, L]
-        rings = np.stack([inds[i]._full_ring() for i in members])  # [b, r, L]
-        psi = _psi_rows(current, rings).tolist()  # [b][r]
-        for j, i in enumerate(members):
-            epis[i] = math.fsum(psi[j]) / window
-            currents[i] = current[j]
-    for ind, n, current, epi in zip(inds, rows, currents, epis):
-        ind._commit(n, current, epi)
-    return epis
+    """Feeds row i of `counts` to `indicators[i]`: `EarlyPruningIndicator.update_many`."""
+    return EarlyPruningIndicator.update_many(indicators, counts)
 
 
 def _count_rows(counts: Any, m: int) -> Tuple[List[List[int]], Optional[np.ndarray]]:
@@ -345,92 +348,3 @@ def _count_rows(counts: Any, m: int) -> Tuple[List[List[int]], Optional[np.ndarr
         if len(rows) != m:
             raise ValueError(f"counts has {len(rows)} rows but there are {m} indicators")
     return [_as_counts(row, f"counts[{i}]") for i, row in enumerate(rows)], None
-
-
-def _ops():
-    # Imported on first use, not with this module: EarlyPruningIndicator is plain host
-    # arithmetic and stays usable where the extension is not built; whatever needs the
-    # operators gets epi_fast._ops's own error, which says how to build it.
-    return importlib.import_module("epi_fast.ops")
-
-
-class EarlyBirdIndicator:
-    """Early-Bird tickets (You et al., ICLR 2020), the baseline EPI is compared with.
-
-    Each epoch's global keep-mask (which channels survive, not how many per layer) is compared
-    with the previous `window - 1` masks by normalised Hamming distance (differing entries / N);
-    it fires when every such distance is <= eps. Like EPI, the first mask is the one at
-    initialisation, so the first distance exists at t = window - 1.
-
-    `update(mask)` takes a 1-D bool tensor [N] (True = kept) and returns the largest of the
-    distances, or None while fewer than `window - 1` earlier masks exist.
-    """
-
-    def __init__(self, window: int = 5, eps: float = 0.1) -> None:
-        if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 2:
-            raise ValueError(f"window must be an integer >= 2 (the newest mask and at least one earlier), got {window!r}")
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (0.0 <= eps < 1.0):
-            raise ValueError(f"eps must be in [0, 1), got {eps!r}")
-        self.window = int(window)
-        self.eps = float(eps)
-        self.reset()
-
-    def reset(self) -> None:
-        self._masks: Deque[torch.Tensor] = deque(maxlen=self.window - 1)
-        self._history: List[Optional[float]] = []
-        self._fired_epoch: Optional[int] = None
-
-    def update(self, mask: torch.Tensor) -> Optional[float]:
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise TypeError("mask must be a bool tensor (True = kept)")
-        mask = mask.detach().reshape(-1) if mask.dim() == 2 and mask.shape[0] == 1 else mask.detach()
-        if mask.dim() != 1 or mask.numel() == 0:
-            raise ValueError(f"mask must be 1-D and non-empty, got shape {tuple(mask.shape)}")
-        if self._masks and self._masks[-1].numel() != mask.numel():
-            raise ValueError(f"mask has {mask.numel()} channels but earlier masks had {self._masks[-1].numel()}")
-        dist: Optional[float] = None
-        if len(self._masks) == self.window - 1:
-            prev = torch.stack([m.to(mask.device) for m in self._masks])
-            # One operator call for all earlier masks; one host copy of window-1 integers.
-            _, differing = _ops().mask_overlap(mask.unsqueeze(0).expand_as(prev), prev)
-            distances = differing.reshape(-1).double().cpu() / mask.numel()
-            dist = float(distances.max())
-            if self._fired_epoch is None and dist <= self.eps:
-                self._fired_epoch = len(self._history)
-        self._masks.append(mask.clone())
-        self._history.append(dist)
-        return dist
-
-    @property
-    def fired(self) -> bool:
-        return self._fired_epoch is not None
-
-    @property
-    def fired_epoch(self) -> Optional[int]:
-        return self._fired_epoch
-
-    @property
-    def history(self) -> List[Optional[float]]:
-        """Largest distance to the previous window - 1 masks, per epoch; None where undefined."""
-        return list(self._history)
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {
-            "window": self.window,
-            "eps": self.eps,
-            "masks": [m.cpu().clone() for m in self._masks],
-            "history": list(self._history),
-            "fired_epoch": self._fired_epoch,
-        }
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        for key in ("window", "eps"):
-            if state[key] != getattr(self, key):
-                raise ValueError(
-                    f"Early-Bird state was saved with {key}={state[key]!r} but this indicator has "
-                    f"{key}={getattr(self, key)!r}"
-                )
-        self.reset()
-        self._masks.extend(torch.as_tensor(m, dtype=torch.bool).clone() for m in state["masks"])
-        self._history = [None if v is None else float(v) for v in state["history"]]
-        self._fired_epoch = state["fired_epoch"]

@@ -1,5 +1,25 @@
-"""Which channels of a model can be pruned, and which of them must go together."""
+"""Which channels of a model can be pruned, and which of them must go together.
 
-from .graph import BATCHNORM, PRUNABLE, GroupLayout, LayoutGroup, Member, group_layout, unwrap_model
+`group_layout(model, example_inputs)` traces the model once and returns its `GroupLayout`:
+the groups of coupled neurons (of every registered kind), the flat score order and the
+structure vector that EPI reads. A new kind of group is one module that subclasses
+`LayoutGroup` and calls `register_group_kind` (see `epi_fast.layout.groups`).
+"""
 
-__all__ = ["GroupLayout", "LayoutGroup", "Member", "group_layout", "unwrap_model", "PRUNABLE", "BATCHNORM"]
+import importlib
+import pkgutil
+
+from .channels import ChannelGroup
+from .core import GroupLayout, group_layout
+from .groups import ROLES, LayoutGroup, Member, Source, register_group_kind, unregister_group_kind
+from .trace import BATCHNORM, PRUNABLE, call_model, unwrap_model
+
+__all__ = [
+    "GroupLayout", "group_layout", "LayoutGroup", "ChannelGroup", "Member", "Source", "ROLES",
+    "register_group_kind", "unregister_group_kind", "unwrap_model", "call_model", "PRUNABLE", "BATCHNORM",
+]
+
+# Every module of this package is imported, so that a group kind added as one new file
+# registers itself (register_group_kind) without an edit anywhere else.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ._info import OPS, info
 from .counts import layer_counts, mask_overlap
-from .groups import group_reduce
+from .groups import group_reduce, group_reduce_trusted  # noqa: F401  (trusted: internal, an index checked once)
 from .masks import global_masks, global_masks_counts
 from .scores import channel_scores
 from .taylor import taylor_accumulate_, taylor_scores

@@ -1,6 +1,7 @@
 """Physical channel removal, the optimizer carried over, and pruned models on disk."""
 
-from .removal import count_ops, prune, prune_with_masks
+from .counting import count_ops
+from .removal import prune, prune_with_masks
 from .serialize import FORMAT, load_pruned, save_pruned
 
 __all__ = ["prune", "prune_with_masks", "count_ops", "save_pruned", "load_pruned", "FORMAT"]

@@ -1,63 +1,34 @@
 """Physical channel removal: the model shrinks in place and its optimizer keeps working.
 
-Torch-Pruning removes the channels of every coupled group. Which entries of each parameter
-survive is learned, not assumed: just before pruning, every affected parameter is made to hold
-its own flat indices (float64, exact up to 2**53); after Torch-Pruning's slicing, whatever
-index mapping it applied (flatten, concat offsets, depthwise and grouped convs), each new
-parameter holds the indices of its surviving entries. The original values, gradients and
-optimizer state are gathered with those indices.
+Each group kind removes its own neurons (conv channels through Torch-Pruning's dependency
+graph). Which entries of each parameter survive is learned, not assumed: just before pruning,
+every affected parameter is made to hold its own flat indices (float64, exact up to 2**53);
+after the slicing, whatever index mapping was applied (flatten, concat offsets, depthwise and
+grouped convs), each new parameter holds the indices of its surviving entries. The original
+values, gradients and optimizer state are gathered with those indices.
 
-Everything is validated before the model is touched; if anything fails while mutating, the
-model, its parameters and the optimizer are restored exactly.
+Everything is validated before the model is touched; if anything fails while mutating, or the
+pruned network is not the one the criterion chose (its layer widths differ from the layout's
+structure for the kept neurons), the model, its parameters and the optimizer are restored
+exactly.
 """
 
 from __future__ import annotations
 
-import numbers
 import warnings
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
-
-from ..layout.graph import GroupLayout, group_layout, unwrap_model
-from ..criteria.scoring import MAGNITUDE_CRITERIA, REDUCTIONS, magnitude_scores
 
 from .. import ops
+from .._args import check_int, check_ratio
+from ..criteria import get_criterion
+from ..layout import GroupLayout, group_layout, unwrap_model
+from .counting import count_ops
+from .optimizer import check_optimizer_for, gather, remap_optimizer
 
-__all__ = ["prune", "prune_with_masks", "count_ops"]
-
-_ALIASES = {"gradient": "taylor"}
-
-
-def count_ops(model: nn.Module, example_inputs) -> dict:
-    """params, MACs (multiply-adds, Torch-Pruning's counter) and FLOPs = 2 * MACs for one call
-    with example_inputs. The counter works on a copy in eval mode: no side effect."""
-    model = unwrap_model(model)
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
-    with torch.no_grad():
-        macs, _ = tp.utils.count_ops_and_params(model, inputs)
-    params = sum(p.numel() for p in model.parameters())
-    return {"params": int(params), "macs": int(macs), "flops": int(2 * macs)}
-
-
-def _check_ratio(ratio) -> float:
-    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
-        raise TypeError(f"ratio must be a number in [0, 1), got {ratio!r}")
-    ratio = float(ratio)
-    if not 0.0 <= ratio < 1.0:  # also rejects NaN
-        raise ValueError(f"ratio {ratio!r} is outside [0, 1): it is the fraction of group neurons removed")
-    return ratio
-
-
-def _check_min_keep(min_keep) -> int:
-    if isinstance(min_keep, bool) or not isinstance(min_keep, numbers.Integral) or min_keep < 1:
-        raise ValueError(
-            f"min_keep must be an integer >= 1 (a group with no channel left would disconnect the "
-            f"network), got {min_keep!r}"
-        )
-    return int(min_keep)
+__all__ = ["prune", "prune_with_masks"]
 
 
 def _check_layout(layout: GroupLayout, model: nn.Module) -> None:
@@ -65,7 +36,7 @@ def _check_layout(layout: GroupLayout, model: nn.Module) -> None:
         raise TypeError(f"layout must be a GroupLayout from group_layout(), got {type(layout).__name__}")
     if layout.model is not model:
         raise ValueError("layout was built for another model; build it with group_layout(model, ...)")
-    if layout.__dict__.get("_spent"):
+    if layout._spent:
         raise RuntimeError("layout was used to prune already; call group_layout again on the pruned model")
     layout.check_current()
 
@@ -74,13 +45,13 @@ def prune(
     model: nn.Module,
     ratio: float,
     example_inputs,
-    criterion: str = "l2",
+    criterion: Any = "l2",
     scores: Optional[torch.Tensor] = None,
     optimizer: Optional[torch.optim.Optimizer] = None,
     min_keep: int = 1,
     ignored_layers=(),
     layout: Optional[GroupLayout] = None,
-    reduce: str = "sum",
+    reduce: Optional[str] = None,
 ) -> dict:
     """Remove the lowest-scoring fraction `ratio` of the model's group neurons, in place.
 
@@ -89,10 +60,16 @@ def prune(
     with at least `min_keep` neurons kept in every group. A group neuron is one output channel
     of every layer it couples (residual adds, depthwise convs, concatenations).
 
-    scores: float32 [N] in the layout's order (e.g. `TaylorAccumulator.scores()`); without it
-    the magnitude `criterion` ("bn", "l1", "l2", "magnitude") scores the current weights,
-    combining member channels with `reduce`. optimizer: its state and param groups are remapped
+    criterion: a name or an `epi_fast.criteria.Criterion`; a weight criterion ("l2", "l1",
+    "bn", "magnitude", ...) scores the current weights, combining member channels with
+    `reduce` (None: the criterion's default, "mean" for magnitudes, "sum" for Taylor).
+    scores: float32 [N] in the layout's order (e.g. accumulated Taylor scores), used instead of
+    scoring; gradient criteria need them. optimizer: its state and param groups are remapped
     to the pruned parameters. layout: a `group_layout` of this model (built if not given).
+
+    Every output of the model keeps its shape. After the cut, the pruned layers' widths are
+    compared with the layout's structure for the kept neurons; a mismatch undoes the prune
+    and raises RuntimeError.
 
     Returns a report: ratio, criterion, params/flops/macs before and after, layers and kept
     (per-layer output channels after), channels_before, groups_pruned, neurons_removed,
@@ -100,15 +77,13 @@ def prune(
     any failure the model and optimizer are left unchanged.
     """
     model = unwrap_model(model)
-    ratio = _check_ratio(ratio)
-    min_keep = _check_min_keep(min_keep)
-    criterion = _ALIASES.get(criterion, criterion)
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"unknown reduce {reduce!r}; expected one of {', '.join(map(repr, REDUCTIONS))}")
-    if scores is None and criterion not in MAGNITUDE_CRITERIA:
-        if criterion == "taylor":
-            raise ValueError('criterion "taylor" needs scores=: pass TaylorAccumulator.scores()')
-        raise ValueError(f"unknown criterion {criterion!r}; expected one of {', '.join(map(repr, MAGNITUDE_CRITERIA))}")
+    ratio = check_ratio(ratio, "ratio")
+    # An empty group would disconnect the network: min_keep is at least 1 here.
+    min_keep = check_int(min_keep, "min_keep", 1)
+    crit = get_criterion(criterion)
+    reduce = crit.reduction(reduce)
+    if scores is None and crit.needs_gradients:
+        crit.group_scores(None, reduce)  # raises: a gradient criterion needs scores=
     if layout is None:
         layout = group_layout(model, example_inputs, ignored_layers=ignored_layers)
     else:
@@ -124,7 +99,7 @@ def prune(
     n = layout.num_neurons
     given_scores = scores is not None
     if scores is None:
-        scores = magnitude_scores(layout, criterion, reduce)
+        scores = crit.group_scores(layout, reduce)
     elif not isinstance(scores, torch.Tensor) or scores.dim() != 1 or scores.numel() != n:
         shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise ValueError(f"scores must be a 1-D tensor of the layout's {n} group neurons, got {shape}")
@@ -136,19 +111,21 @@ def prune(
     channels_before = [v for v in layout.layer_channels().values()]
     groups_pruned = sum(1 for g, o in zip(layout.groups, layout.offsets) if not bool(keep[o:o + g.size].all()))
     layers = list(layout.layers)
+    expected = layout.structure(keep)[0].tolist()
     modules = dict(model.named_modules())
     snapshot = _cut(model, layout, keep, optimizer)
     try:
+        kept = [_out_channels(modules[name]) for name in layers]
+        _check_structure(layers, kept, expected)
         # Counting runs the pruned model: a model that no longer runs is undone, not returned.
         after = count_ops(model, example_inputs)
     except BaseException:
         if snapshot is not None:
             snapshot.restore()
         raise
-    kept = [_out_channels(modules[name]) for name in layers]
     return {
         "ratio": ratio,
-        "criterion": criterion,
+        "criterion": crit.name,
         "scores": "given" if given_scores else "criterion",
         "min_keep": min_keep,
         "params_before": before["params"],
@@ -166,6 +143,18 @@ def prune(
         "groups_pruned": groups_pruned,
         "channels_removed": int(sum(channels_before) - sum(kept)),
     }
+
+
+def _check_structure(layers, kept, expected) -> None:
+    """The pruned widths must be the structure the criterion chose (what EPI tracked)."""
+    for name, got, want in zip(layers, kept, expected):
+        if got != want:
+            raise RuntimeError(
+                f"the pruned network is not the one the criterion chose: layer {name} kept {got} output "
+                f"channels where the layout's structure says {want} (the layout does not describe how "
+                f"this model's channels are coupled, e.g. a module shared by several slices of one "
+                f"tensor); the prune was undone"
+            )
 
 
 def _out_channels(module: nn.Module) -> int:
@@ -209,38 +198,9 @@ def _affected(layout: GroupLayout, keep: torch.Tensor):
     return work, params
 
 
-def _optimizer_params(optimizer) -> set[int]:
-    return {id(p) for group in optimizer.param_groups for p in group["params"]}
-
-
 def _check_optimizer(optimizer, layout: GroupLayout, keep: torch.Tensor) -> None:
-    if optimizer is None:
-        return
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    held = _optimizer_params(optimizer)
-    model_params = [p for p in layout.model.parameters() if p.requires_grad]
-    if model_params and not any(id(p) in held for p in model_params):
-        raise ValueError("the optimizer holds none of the model's parameters: pass the model's own optimizer")
-    _, params = _affected(layout, keep)
-    for module, attr, p in params:
-        if p.requires_grad and id(p) not in held:
-            name = _name_of(layout.model, module)
-            raise ValueError(f"the optimizer does not hold {name}.{attr}, which pruning changes")
-        for key, value in optimizer.state.get(p, {}).items():
-            if isinstance(value, torch.Tensor) and value.shape != p.shape and value.numel() > 1:
-                name = _name_of(layout.model, module)
-                raise ValueError(
-                    f"cannot remap optimizer state {key!r} of {name}.{attr}: shape {tuple(value.shape)} "
-                    f"is neither the parameter's {tuple(p.shape)} nor a scalar"
-                )
-
-
-def _name_of(model, module) -> str:
-    for name, m in model.named_modules():
-        if m is module:
-            return name or type(model).__name__
-    return type(module).__name__
+    if optimizer is not None:
+        check_optimizer_for(optimizer, layout.model, _affected(layout, keep)[1])
 
 
 class _Snapshot:
@@ -278,16 +238,12 @@ class _Snapshot:
         self.dg.module2node = module2node
         self.dg._param_to_name = param_to_name
         self.dg._pruning_history = history
-        self.layout.__dict__.pop("_spent", None)
+        self.layout._spent = False
 
 
-def _prune_group(dg, group, idxs) -> None:
-    """Remove root channels idxs of group (and everything coupled to them) with Torch-Pruning."""
-    dg.get_pruning_group(group.root_module, group.root_fn, idxs).prune()
-
-
-def _gather(tensor: torch.Tensor, flat_idx: torch.Tensor, shape) -> torch.Tensor:
-    return tensor.reshape(-1).index_select(0, flat_idx.to(tensor.device)).view(shape)
+def _prune_group(dg, group, neurons) -> None:
+    """Remove `neurons` of `group` (and everything coupled to them): the group kind's own cut."""
+    group.remove(dg, neurons)
 
 
 def prune_with_masks(model: nn.Module, layout: GroupLayout, keep_mask: torch.Tensor, optimizer=None) -> None:
@@ -317,13 +273,13 @@ def _cut(model, layout, keep, optimizer) -> Optional["_Snapshot"]:
             p.grad = None
             p.data = torch.arange(p.numel(), dtype=torch.float64, device=p.device).view(p.shape)
         for group, pruned in work:
-            _prune_group(dg, group, group.root_channels(pruned))
+            _prune_group(dg, group, pruned)
         _rebuild_parameters(params, snapshot, optimizer)
         _check_no_stray_parameters(model, snapshot)
     except BaseException:
         snapshot.restore()
         raise
-    layout.__dict__["_spent"] = True
+    layout._spent = True
     return snapshot
 
 
@@ -348,9 +304,9 @@ def _rebuild_parameters(params, snapshot, optimizer) -> None:
             continue
         if id(old) not in replaced:
             idx = current.detach().reshape(-1).long()  # exact: whole numbers below 2**53
-            new = nn.Parameter(_gather(data, idx, current.shape), requires_grad=old.requires_grad)
+            new = nn.Parameter(gather(data, idx, current.shape), requires_grad=old.requires_grad)
             if grad is not None:
-                new.grad = _gather(grad, idx, current.shape)
+                new.grad = gather(grad, idx, current.shape)
             replaced[id(old)] = (old, new, idx)
             snapshot.new_ids.add(id(new))
             snapshot.dtypes[id(new)] = data.dtype
@@ -359,19 +315,4 @@ def _rebuild_parameters(params, snapshot, optimizer) -> None:
     for old, _, _ in replaced.values():
         old.data, old.grad = originals[id(old)]
     if optimizer is not None:
-        _remap_optimizer(optimizer, replaced)
-
-
-def _remap_optimizer(optimizer, replaced) -> None:
-    for group in optimizer.param_groups:
-        group["params"] = [replaced[id(p)][1] if id(p) in replaced else p for p in group["params"]]
-    for old, new, idx in replaced.values():
-        state = optimizer.state.pop(old, None)
-        if state is None:
-            continue
-        optimizer.state[new] = {
-            key: _gather(value, idx, new.shape)
-            if isinstance(value, torch.Tensor) and value.shape == old.shape
-            else value
-            for key, value in state.items()
-        }
+        remap_optimizer(optimizer, replaced)

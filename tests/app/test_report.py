@@ -37,3 +37,30 @@ def test_plot_epi_curve(tmp_path):
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report.plot_epi_curve(p, {"0.5": [None, None]}, 0.944, None)  # nothing defined yet: still a plot
     assert os.listdir(tmp_path) == ["epi.png"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_follow_the_umask(tmp_path, monkeypatch, umask):
+    import stat
+
+    from epi_fast import _io
+
+    old = os.umask(umask)
+    try:
+        monkeypatch.setattr(_io, "_UMASK", None)  # read once per process: forget the test runner's
+        assert _io.process_umask() == umask
+        report.write_json(tmp_path / "s.json", {"a": 1})
+        assert os.umask(umask) == umask  # reading it changed nothing
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "s.json").st_mode) == 0o666 & ~umask
+
+
+def test_temporary_names_are_recognised():
+    from epi_fast._io import is_temporary_of
+
+    assert is_temporary_of(".summary.json.k2_x9abc.tmp", "summary.json")
+    assert not is_temporary_of(".summary.json.tmp", "summary.json")
+    assert not is_temporary_of(".summary.json.a/b.tmp", "summary.json")
+    assert not is_temporary_of("summary.json", "summary.json")
+    assert not is_temporary_of(".notes.txt.abc.tmp", "summary.json")

@@ -20,4 +20,16 @@ def test_protocol_smoke(tmp_path):
     tables = (out / "tables.md").read_text()
     for policy in ("oracle", "init", "pre-def", "EPI"):
         assert policy in tables
-    assert list((out / "units").glob("*.json")), "no unit results written"
+    units = list((out / "units").glob("*.json"))
+    assert len(units) == 2, "one unit per criterion"
+    for path in units:
+        unit = json.loads(path.read_text())
+        assert unit["t0"] and unit["epi_fast_version"] and unit["config"]["t0"]
+        assert len(unit["epi"]["0.5"]) == summary["config"]["epochs"] + 1
+    # A rerun finds every unit done.
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.protocol", "--smoke", "--workers", "1", "--no-yield", "--out", str(out),
+         "--dry-run"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0 and "2 units, 0 to run" in proc.stdout, proc.stdout + proc.stderr[-2000:]

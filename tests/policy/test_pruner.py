@@ -236,12 +236,12 @@ def test_grad_scaler_passed_before_unscale_divides_the_scale_out():
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
     loss = F.cross_entropy(model(X[:B]), Y[:B])
     scaler.scale(loss).backward()
-    pruner._taylor.step(scaler, opt)
-    scaled = pruner._taylor.acc.clone()
-    pruner._taylor.reset()
+    pruner.tracker.accumulator.step(scaler, opt)
+    scaled = pruner.tracker.accumulator.acc.clone()
+    pruner.tracker.accumulator.reset()
     scaler.unscale_(opt)
-    pruner._taylor.step(scaler, opt)
-    torch.testing.assert_close(scaled, pruner._taylor.acc, rtol=1e-5, atol=0)
+    pruner.tracker.accumulator.step(scaler, opt)
+    torch.testing.assert_close(scaled, pruner.tracker.accumulator.acc, rtol=1e-5, atol=0)
 
 
 # -- checkpoint / resume ----------------------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""argparse types of the command lines. Where an option is a library argument (a ratio, tau,
+a window, ...), its range is the library's own check (`epi_fast._args`), so the command line
+and the library accept the same values with the same words."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable, List
+
+from .._args import check_int, check_ratio, check_unit
+
+__all__ = ["positive_int", "non_negative_int", "prune_ratio", "train_ratio", "ratio_list", "tau", "positive_float",
+           "non_negative_float"]
+
+
+def _parsed(text: str, parse: Callable, what: str):
+    try:
+        return parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def _checked(check: Callable, *args, **kwargs):
+    try:
+        return check(*args, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (counts, sizes, epochs)."""
+    return _checked(check_int, _parsed(text, int, "a positive integer"), "the value", 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _checked(check_int, _parsed(text, int, "an integer >= 0"), "the value", 0)
+
+
+def train_ratio(text: str) -> float:
+    """EPIPruner's target and tracked ratios: (0, 1)."""
+    return _checked(check_ratio, _parsed(text, float, "a number"), "a prune ratio", allow_zero=False)
+
+
+def prune_ratio(text: str) -> float:
+    """prune()'s ratio: [0, 1)."""
+    return _checked(check_ratio, _parsed(text, float, "a number in [0, 1)"), "a ratio", allow_zero=True)
+
+
+def ratio_list(text: str) -> List[float]:
+    return [train_ratio(t) for t in text.replace(",", " ").split() if t]
+
+
+def tau(text: str) -> float:
+    return _checked(check_unit, _parsed(text, float, "a number"), "tau", low_open=True, high_open=False)
+
+
+def _float(text: str, minimum_open: bool) -> float:
+    v = _parsed(text, float, "a number")
+    if not (math.isfinite(v) and (v > 0 if minimum_open else v >= 0)):
+        raise argparse.ArgumentTypeError(f"must be {'a positive number' if minimum_open else '>= 0'}, got {text}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (a learning rate)."""
+    return _float(text, True)
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (momentum, weight decay)."""
+    return _float(text, False)

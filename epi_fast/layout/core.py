@@ -1,0 +1,156 @@
+"""The flat pruning layout of one model: its groups, the score order, the structure vector.
+
+`group_layout` traces the model once and flattens its groups (of every registered kind) into
+the one score layout every other part of epi_fast uses: group g owns the segment
+``[offset_g, offset_g + size_g)`` of the N-long score and mask vectors, and neuron j of group g
+sits at ``offset_g + j``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Tuple
+
+import torch
+import torch.nn as nn
+
+from .. import ops
+from . import channels as _channels  # noqa: F401  (registers the built-in conv-channel kind)
+from .groups import LayoutGroup, claimed_modules, group_finders
+from .trace import PRUNABLE, resolve_ignored, trace_model, unwrap_model
+
+__all__ = ["GroupLayout", "group_layout"]
+
+
+def _out_channels(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+@dataclass
+class GroupLayout:
+    """The flat pruning layout of one model (build it once; rebuild after pruning).
+
+    Attributes:
+        model: the (unwrapped) model it describes.
+        groups: the `LayoutGroup`s (of every kind), in model order of their roots.
+        group_sizes: list[int], C_g per group: the segment sizes for `global_masks`;
+            N = sum(group_sizes) is the length of every score and mask vector.
+        offsets: list[int], the start of each group's segment.
+        layers: names of the prunable conv/linear layers whose output channels are pruned, in
+            model order; the EPI structure vector has one kept count per layer (L = len(layers)).
+        layer_group: LongTensor [L], the group of each layer: ``counts_G[:, layer_group]`` gives
+            per-layer counts from per-group kept counts (times `layer_scale`).
+        layer_scale: LongTensor [L], output channels per kept neuron (1 except for groups tied
+            by a grouped convolution).
+        ignored: names of the layers whose output channels are never pruned (the layers that
+            feed a model output, found automatically, plus the user's).
+        untraced: names of conv/linear layers the trace never reached (e.g. auxiliary heads
+            that only run in training mode); pruning does not update them.
+        dg: the Torch-Pruning DependencyGraph used to prune.
+    """
+
+    model: nn.Module
+    groups: List[LayoutGroup]
+    group_sizes: List[int]
+    offsets: List[int]
+    layers: List[str]
+    layer_group: torch.Tensor
+    layer_scale: torch.Tensor
+    ignored: List[str]
+    untraced: List[str]
+    dg: Any = field(repr=False)
+    # Weight shapes when the layout was built, to refuse a stale layout after a prune.
+    _shapes: Dict[str, Tuple[nn.Module, Tuple[int, ...]]] = field(default_factory=dict, repr=False)
+    # Per-criterion score plans (criteria build them once per layout; see epi_fast.criteria).
+    _plans: Dict[Any, Any] = field(default_factory=dict, repr=False)
+    # True once a prune has used this layout (its dependency graph describes the old model).
+    _spent: bool = field(default=False, repr=False)
+
+    @property
+    def num_neurons(self) -> int:
+        return sum(self.group_sizes)
+
+    def structure(self, keep_masks: torch.Tensor) -> torch.Tensor:
+        """Per-layer kept output channels, int64 [m, L], from group masks bool [m, N] (or [N])."""
+        return self.structure_from_counts(ops.layer_counts(keep_masks, self.group_sizes))
+
+    def structure_from_counts(self, group_counts: torch.Tensor) -> torch.Tensor:
+        """Per-layer kept output channels, int64 [m, L], from kept counts per group [m, G] (what
+        `layer_counts` or `global_masks_counts` return for `group_sizes`)."""
+        idx = self.layer_group.to(group_counts.device)
+        return group_counts[:, idx] * self.layer_scale.to(group_counts.device)
+
+    def layer_channels(self) -> Dict[str, int]:
+        """Current output channels of every layer of the structure vector."""
+        modules = dict(self.model.named_modules())
+        return {name: _out_channels(modules[name]) for name in self.layers}
+
+    def check_current(self) -> None:
+        """Raise if the model's shapes changed since the layout was built (e.g. after a prune)."""
+        for name, (module, shape) in self._shapes.items():
+            if tuple(module.weight.shape) != shape:
+                raise RuntimeError(
+                    f"the layout is stale: {name}.weight is {tuple(module.weight.shape)}, was {shape} "
+                    "when the layout was built; call group_layout again after pruning"
+                )
+
+
+def group_layout(model: nn.Module, example_inputs, ignored_layers=()) -> GroupLayout:
+    """Trace `model` once and return its `GroupLayout`.
+
+    example_inputs: what the model is called with (a tensor, a tuple of positional inputs or a
+    dict of keyword inputs); its batch size does not matter. The trace runs without changing
+    the model (training flags and buffers are kept). ignored_layers: modules or qualified names
+    whose output channels must not be pruned. Layers whose output channels reach any tensor
+    the model returns (classifier heads, features returned beside the logits, every output of
+    a multi-output model) are always ignored, so every output keeps its shape. A DDP-wrapped
+    model is accepted.
+    """
+    model = unwrap_model(model)
+    ignored = resolve_ignored(model, ignored_layers)
+    trace = trace_model(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    order = {m: i for i, m in enumerate(names)}
+    ignored_all = list({id(m): m for m in ignored + trace.outputs}.values())
+
+    groups: List[LayoutGroup] = []
+    for _, finder in group_finders():
+        groups += finder(trace, ignored_all + claimed_modules(groups), names)
+    if not groups:
+        raise ValueError(
+            f"{type(model).__name__} has no prunable channels: no conv/linear output channels "
+            "outside the ignored and output layers"
+        )
+
+    # A layer split across groups (a concat feeding an add) counts under the group that holds
+    # most of its channels; the structure vector is then an approximation.
+    layer_of: Dict[nn.Module, Tuple[int, int, int]] = {}  # layer -> (group, its channels there, scale)
+    for gi, g in enumerate(groups):
+        for module, count, scale in g.structure_layers():
+            prev = layer_of.get(module)
+            if prev is None or count > prev[1]:
+                layer_of[module] = (gi, count, scale)
+    layer_modules = sorted(layer_of, key=lambda m: order[m])
+    sizes = [g.size for g in groups]
+    offsets = [0]
+    for s in sizes[:-1]:
+        offsets.append(offsets[-1] + s)
+    traced = set(trace.dg.module2node)
+    shapes = {}
+    for g in groups:
+        for mem in g.members:
+            if isinstance(mem.module, nn.Module) and isinstance(getattr(mem.module, "weight", None), torch.Tensor):
+                shapes[mem.name] = (mem.module, tuple(mem.module.weight.shape))
+    return GroupLayout(
+        model=model,
+        groups=groups,
+        group_sizes=sizes,
+        offsets=offsets,
+        layers=[names[m] for m in layer_modules],
+        layer_group=torch.tensor([layer_of[m][0] for m in layer_modules], dtype=torch.int64),
+        layer_scale=torch.tensor([layer_of[m][2] for m in layer_modules], dtype=torch.int64),
+        ignored=[names[m] for m in ignored_all],
+        untraced=[n for m, n in names.items() if isinstance(m, PRUNABLE) and m not in traced],
+        dg=trace.dg,
+        _shapes=shapes,
+    )

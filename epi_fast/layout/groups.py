@@ -1,0 +1,131 @@
+"""What a group of coupled neurons is, and how the layout learns about kinds of groups.
+
+A *group kind* (conv channels today; attention heads and MLP channels are the next ones) is one
+class derived from `LayoutGroup` plus one *finder* registered with `register_group_kind`. The
+group is the only place that knows which tensor slices its neurons own:
+
+- `sources(role)`: the tensors, and which of their dim-0 rows belong to which neuron, that a
+  criterion reads for a role ("filters": the neurons' own weight rows; "scales": their
+  BatchNorm gamma; "taylor": every parameter whose first-order term removing the neuron
+  removes);
+- `structure_layers()`: the layers whose kept count this group sets in the EPI structure vector;
+- `remove(dg, neurons)`: the physical removal of some of its neurons.
+
+Criteria (`epi_fast.criteria`) and the surgery (`epi_fast.surgery`) only use these three, so a
+new kind needs no change anywhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+__all__ = ["Member", "Source", "LayoutGroup", "ROLES", "register_group_kind", "unregister_group_kind", "group_finders", "claimed_modules"]
+
+# The roles a criterion may ask a group for (see the module docstring).
+ROLES = ("filters", "scales", "taylor")
+
+
+@dataclass
+class Member:
+    """One module whose channels a group touches.
+
+    kind: ``"out"`` (a conv/linear whose output channels are removed, depthwise convs
+    included), ``"in"`` (a conv/linear whose input channels are removed), ``"bn"`` (a
+    BatchNorm) or ``"other"`` (LayerNorm, PReLU, a bare Parameter, ...).
+    channels[i] is a channel index of the module, neurons[i] the group neuron it belongs to.
+    """
+
+    name: str
+    module: nn.Module
+    kind: str
+    channels: torch.Tensor
+    neurons: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Source:
+    """Rows of one module's parameters that score a group's neurons: row ``rows[i]`` (dim 0) of
+    every attribute in `attrs` belongs to neuron ``neurons[i]``. Attributes listed together add
+    into the same rows (a BatchNorm's weight and bias)."""
+
+    name: str
+    module: nn.Module
+    attrs: Tuple[str, ...]
+    rows: torch.Tensor
+    neurons: torch.Tensor
+
+
+@dataclass
+class LayoutGroup:
+    """A set of coupled neurons: removing neuron j removes ``channels[neurons == j]`` of every
+    member. `root` names the module whose numbering the neurons follow; `size` is the number of
+    neurons. Subclasses are the group kinds."""
+
+    root: str
+    size: int
+    members: List[Member]
+    kind: ClassVar[str] = "group"
+
+    def sources(self, role: str) -> List[Source]:
+        raise NotImplementedError(f"{type(self).__name__} does not provide sources for role {role!r}")
+
+    def covers(self, role: str) -> bool:
+        """Whether the sources of `role` score every neuron of the group."""
+        covered = torch.zeros(self.size, dtype=torch.bool)
+        for s in self.sources(role):
+            covered[s.neurons] = True
+        return bool(covered.all())
+
+    def structure_layers(self) -> List[Tuple[nn.Module, int, int]]:
+        """(layer module, channels of it in this group, its channels per kept neuron) for every
+        layer whose kept count this group decides."""
+        raise NotImplementedError
+
+    def remove(self, dg, neurons: Sequence[int]) -> None:
+        """Remove `neurons` (and everything coupled to them) from the model, in place."""
+        raise NotImplementedError
+
+
+# A finder builds one kind's groups from the trace: finder(trace, ignored modules, names) ->
+# groups. Finders run in registration order; each sees the modules claimed by earlier ones
+# among the ignored, so that two kinds never own the same channels.
+Finder = Callable[..., List[LayoutGroup]]
+_FINDERS: List[Tuple[str, Finder]] = []
+
+
+def register_group_kind(name: str, finder: Finder, *, first: bool = False) -> None:
+    """Teach the layout a kind of group: `finder(trace, ignored, names)` returns its groups.
+    `first=True` runs it before the built-in kinds (a kind that claims layers the conv-channel
+    kind would otherwise take, such as attention projections)."""
+    if any(n == name for n, _ in _FINDERS):
+        raise ValueError(f"a group kind named {name!r} is registered already")
+    if first:
+        _FINDERS.insert(0, (name, finder))
+    else:
+        _FINDERS.append((name, finder))
+
+
+def unregister_group_kind(name: str) -> None:
+    """Forget the group kind `name` (tests and plugins that are unloaded)."""
+    for i, (n, _) in enumerate(_FINDERS):
+        if n == name:
+            del _FINDERS[i]
+            return
+    raise KeyError(f"no group kind named {name!r} is registered")
+
+
+def group_finders() -> List[Tuple[str, Finder]]:
+    return list(_FINDERS)
+
+
+def claimed_modules(groups: Sequence[LayoutGroup]) -> List[nn.Module]:
+    """The modules whose output channels `groups` own (the later finders leave them alone)."""
+    out = []
+    for g in groups:
+        out.extend(m.module for m in g.members if m.kind == "out")
+    return out
+
