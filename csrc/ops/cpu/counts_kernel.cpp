@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <tuple>
 #include <vector>
 
@@ -14,14 +15,46 @@
 namespace epi_fast {
 namespace {
 
-// Per (ratio, segment): entries set in a (and in b, where given) and, with b, entries that
-// differ. Bools are bytes of 0 or 1, summed in 32-bit blocks so that the loops vectorise.
+// Bools are bytes of 0 or 1. Eight of them are read as one 64-bit word and added lane by lane
+// into a word of byte counters (255 words at most, so that no lane overflows), whose lanes are
+// then summed: about one add per eight entries, at a speed that does not depend on where the
+// loop lands in the binary (a byte-at-a-time loop here ran 30% slower or faster with its code
+// alignment alone).
+inline uint64_t word_at(const uint8_t* p) {
+  uint64_t w;
+  std::memcpy(&w, p, sizeof w);
+  return w;
+}
+
+inline int64_t lane_sum(uint64_t lanes) {  // the eight byte counters of `lanes`, added
+  lanes = (lanes & 0x00ff00ff00ff00ffull) + ((lanes >> 8) & 0x00ff00ff00ff00ffull);
+  lanes = (lanes & 0x0000ffff0000ffffull) + ((lanes >> 16) & 0x0000ffff0000ffffull);
+  return static_cast<int64_t>((lanes & 0xffffffffull) + (lanes >> 32));
+}
+
+// The true entries of f(a, b) over [lo, hi), f applied bytewise (to words and to bytes alike);
+// b may be null where f ignores it.
+template <typename F>
+int64_t count_true(const uint8_t* a, const uint8_t* b, int64_t lo, int64_t hi, F f) {
+  int64_t total = 0, i = lo;
+  while (hi - i >= 8) {
+    const int64_t words = std::min<int64_t>((hi - i) / 8, 255);
+    uint64_t lanes = 0;
+    for (int64_t k = 0; k < words; ++k, i += 8) lanes += f(word_at(a + i), b ? word_at(b + i) : 0);
+    total += lane_sum(lanes);
+  }
+  for (; i < hi; ++i) total += f(uint64_t{a[i]}, b ? uint64_t{b[i]} : 0);
+  return total;
+}
+
+// Per (ratio, segment): entries set in a or, where differ is given (mask_overlap), entries set
+// in a and b, and in differ the entries where they differ. (Not told apart by b itself: an empty
+// mask's data pointer may be null.)
 void segment_counts_cpu(const bool* a_in, const bool* b_in, int64_t m, int64_t n,
                         const std::vector<int64_t>& offsets, int64_t* counts, int64_t* differ) {
   const uint8_t* a = reinterpret_cast<const uint8_t*>(a_in);
   const uint8_t* b = reinterpret_cast<const uint8_t*>(b_in);
   const int64_t segments = static_cast<int64_t>(offsets.size()) - 1;
-  constexpr int64_t kBlock = int64_t{1} << 24;  // < 2^32 / 255: a uint32 sum cannot overflow
   // One task per (ratio, segment); a parallel region only pays off past ~256K mask entries.
   const int64_t tasks = m * segments;
   const int64_t grain = m * n >= (1 << 18) ? std::max<int64_t>(1, tasks / (4 * at::get_num_threads())) : tasks;
@@ -29,24 +62,14 @@ void segment_counts_cpu(const bool* a_in, const bool* b_in, int64_t m, int64_t n
     for (int64_t task = begin; task < end; ++task) {
       const int64_t j = task / segments, sg = task % segments;
       const uint8_t* ra = a + j * n;
-      const uint8_t* rb = b ? b + j * n : nullptr;
-      int64_t both = 0, diff = 0;
-      for (int64_t lo = offsets[sg]; lo < offsets[sg + 1]; lo += kBlock) {
-        const int64_t hi = std::min(offsets[sg + 1], lo + kBlock);
-        uint32_t x = 0, y = 0;
-        if (rb) {
-          for (int64_t i = lo; i < hi; ++i) {
-            x += ra[i] & rb[i];
-            y += ra[i] ^ rb[i];
-          }
-        } else {
-          for (int64_t i = lo; i < hi; ++i) x += ra[i];
-        }
-        both += x;
-        diff += y;
+      const int64_t lo = offsets[sg], hi = offsets[sg + 1];
+      if (differ) {
+        const uint8_t* rb = b + j * n;
+        counts[task] = count_true(ra, rb, lo, hi, [](uint64_t x, uint64_t y) { return x & y; });
+        differ[task] = count_true(ra, rb, lo, hi, [](uint64_t x, uint64_t y) { return x ^ y; });
+      } else {
+        counts[task] = count_true(ra, nullptr, lo, hi, [](uint64_t x, uint64_t) { return x; });
       }
-      counts[task] = both;
-      if (differ) differ[task] = diff;
     }
   });
 }
