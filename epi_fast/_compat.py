@@ -17,7 +17,7 @@ MOVED = {
     "epi_fast.data": "epi_fast.app.data",
     "epi_fast.report": "epi_fast.app.report",
     "epi_fast.reference": "epi_fast.ops.reference",
-    "epi_fast._ops": "epi_fast.ops._wrappers",
+    "epi_fast._ops": "epi_fast.ops",
     "epi_fast._ext": "epi_fast.ops._ext",
 }
 

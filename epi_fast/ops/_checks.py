@@ -1,7 +1,12 @@
-"""Argument checks shared by the compiled operators' wrappers and the reference.
+"""The Python side of the operators' argument checks: the reference's checks, and the ones the
+compiled operators' wrappers and fake kernels use.
 
-Both implementations must reject the same inputs with the same messages, so the checks live
-here once. Every check runs before any kernel and names the offending argument.
+The compiled operators check their arguments in C++ (csrc/ops/checks.h and the family headers)
+with these same messages, word for word and in the same order, so the reference, the CPU and
+the CUDA operators refuse the same inputs alike (tests/ops/test_ops_errors.py). The wrappers run
+only the parts that turn an argument into what the schema takes (``*_list``, ``integer``, the
+type checks), and only when it is not already in that form; the fake kernels run the rest, for
+meta tensors and tracing. Every check names the offending argument.
 """
 
 from __future__ import annotations
@@ -62,8 +67,9 @@ def abs_rows(tensors: list[torch.Tensor], name: str) -> None:
             )
 
 
-def ratios(values) -> list[float]:
-    """Ratios as Python floats (float64), from a float, a sequence or a 1-D tensor.
+def ratio_list(values) -> list[float]:
+    """Ratios as Python floats (float64), from a float, a sequence or a 1-D tensor; their values
+    unchecked (``ratios`` checks them).
 
     A float32 tensor's ratio is the value it holds (0.3 stored in float32 is 0.30000001192...),
     which is what the k rounding must see.
@@ -86,6 +92,12 @@ def ratios(values) -> list[float]:
             out.append(float(v))
     else:
         raise TypeError(f"ratios must be a float, a sequence of floats or a 1-D tensor, got {type(values).__name__}")
+    return out
+
+
+def ratios(values) -> list[float]:
+    """``ratio_list``, then: at least one, each in [0, 1)."""
+    out = ratio_list(values)
     if not out:
         raise ValueError("ratios is empty: pass at least one ratio")
     for i, p in enumerate(out):
@@ -109,7 +121,9 @@ def scores_vector(scores, name: str = "scores") -> torch.Tensor:
     return scores
 
 
-def segment_sizes(sizes, total: int, name: str = "segment_sizes") -> list[int]:
+def segment_list(sizes, name: str = "segment_sizes") -> list[int]:
+    """Segment sizes as Python ints, from a sequence or a 1-D integer tensor; at least one. Their
+    values unchecked (``segment_sizes`` checks them)."""
     if isinstance(sizes, torch.Tensor):
         if sizes.dim() != 1:
             raise ValueError(f"{name} must be 1-D, got shape {tuple(sizes.shape)}")
@@ -123,6 +137,12 @@ def segment_sizes(sizes, total: int, name: str = "segment_sizes") -> list[int]:
         raise TypeError(f"{name} must be a sequence of integers, got {sizes!r}") from None
     if not out:
         raise ValueError(f"{name} is empty")
+    return out
+
+
+def segment_sizes(sizes, total: int, name: str = "segment_sizes") -> list[int]:
+    """``segment_list``, then: none negative, adding up to ``total``."""
+    out = segment_list(sizes, name)
     for i, s in enumerate(out):
         if s < 0:
             raise ValueError(f"{name}[{i}] = {s} is negative")
@@ -181,7 +201,8 @@ def mask_pair(a, b) -> tuple[torch.Tensor, torch.Tensor]:
     return a, b
 
 
-def group_index(scores: torch.Tensor, group_ptr, member_idx) -> None:
+def group_index_types(scores: torch.Tensor, group_ptr, member_idx) -> None:
+    """A CSR index's form: two 1-D int64 tensors on the scores' device, one group at least."""
     for name, t in (("group_ptr", group_ptr), ("member_idx", member_idx)):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != 1:
             raise TypeError(f"{name} must be a 1-D int64 tensor")
@@ -189,6 +210,12 @@ def group_index(scores: torch.Tensor, group_ptr, member_idx) -> None:
             raise ValueError(f"{name} is on {t.device}, scores on {scores.device}")
     if group_ptr.numel() < 2:
         raise ValueError("group_ptr needs at least two entries (one group)")
+
+
+def group_index(scores: torch.Tensor, group_ptr, member_idx) -> None:
+    """``group_index_types``, then the values: every group has members, every member is a score
+    (on CUDA, reading them synchronises)."""
+    group_index_types(scores, group_ptr, member_idx)
     ptr = group_ptr.cpu()
     if int(ptr[0]) != 0 or int(ptr[-1]) != member_idx.numel():
         raise ValueError(
@@ -203,6 +230,34 @@ def group_index(scores: torch.Tensor, group_ptr, member_idx) -> None:
             raise ValueError(f"member_idx holds {lo}..{hi}, outside the {scores.numel()} scores")
 
 
+def int_list(values, name: str) -> list[int]:
+    """Python ints from a sequence of integers (numpy integers, 0-d integer tensors included)."""
+    try:
+        # operator.index, not int(): an offset of 2.5 must be an error, not silently 2.
+        return [operator.index(v) for v in values]
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of integers, got {values!r}") from None
+
+
+def integer(value, name: str) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+
+
+def natural_channels(tensors: list[torch.Tensor], offsets_: list[int] | None) -> int:
+    """The channel count that ``offsets`` gives when ``num_channels`` is None: one past the
+    highest row mapped (consecutive rows without offsets), as ``offsets`` computes it. Only for
+    a list of tensors that is checked afterwards: a 0-dimensional tensor gives 0 here and is named
+    by the check."""
+    try:
+        rows = map(len, tensors)  # len() is dim 0, at C speed
+        return max(map(operator.add, offsets_, rows), default=0) if offsets_ else sum(rows)
+    except TypeError:  # len() of a 0-d tensor
+        return 0
+
+
 def offsets(tensors: list[torch.Tensor], offsets_, num_channels):
     rows = [t.shape[0] for t in tensors]
     if offsets_ is None:
@@ -212,20 +267,11 @@ def offsets(tensors: list[torch.Tensor], offsets_, num_channels):
             acc += r
         natural = acc
     else:
-        try:
-            # operator.index, not int(): an offset of 2.5 must be an error, not silently 2.
-            offs = [operator.index(o) for o in offsets_]
-        except TypeError:
-            raise TypeError(f"offsets must be a sequence of integers, got {offsets_!r}") from None
+        offs = int_list(offsets_, "offsets")
         if len(offs) != len(tensors):
             raise ValueError(f"offsets has {len(offs)} entries for {len(tensors)} tensors")
         natural = max((o + r for o, r in zip(offs, rows)), default=0)
-    if num_channels is None:
-        num_channels = natural
-    try:
-        num_channels = operator.index(num_channels)
-    except TypeError:
-        raise TypeError(f"num_channels must be an integer, got {num_channels!r}") from None
+    num_channels = natural if num_channels is None else integer(num_channels, "num_channels")
     for i, (o, r) in enumerate(zip(offs, rows)):
         if o < 0 or o + r > num_channels:
             raise ValueError(f"tensor {i} maps rows {o}..{o + r - 1} outside the {num_channels} channels")
@@ -247,12 +293,18 @@ def pairs(params, grads) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return params, grads
 
 
+def _dense(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.layout == torch.strided
+
+
 def accumulators(acc, skipped, params: list[torch.Tensor], inv_scale) -> None:
-    """taylor_accumulate_'s state and scale: acc float32 [C], skipped one int64, all on the
-    params' device; inv_scale None or a one-element floating tensor there too."""
-    if not isinstance(acc, torch.Tensor) or acc.dtype != torch.float32 or acc.dim() != 1:
+    """taylor_accumulate_'s state and scale: acc float32 [C] (dense, contiguous), skipped one
+    int64, all on the params' device; inv_scale None or a one-element floating tensor there too."""
+    if not _dense(acc) or acc.dtype != torch.float32 or acc.dim() != 1:
         raise TypeError("acc must be a 1-D float32 tensor")
-    if not isinstance(skipped, torch.Tensor) or skipped.dtype != torch.int64 or skipped.numel() != 1:
+    if not acc.is_contiguous():  # the kernels add into it in place
+        raise ValueError("acc must be contiguous")
+    if not _dense(skipped) or skipped.dtype != torch.int64 or skipped.numel() != 1:
         raise TypeError("skipped must be a one-element int64 tensor")
     if skipped.device != acc.device:
         raise ValueError(f"skipped is on {skipped.device}, acc on {acc.device}")
@@ -260,10 +312,11 @@ def accumulators(acc, skipped, params: list[torch.Tensor], inv_scale) -> None:
         raise ValueError(f"params are on {params[0].device}, acc on {acc.device}")
     if inv_scale is None:
         return
-    if not isinstance(inv_scale, torch.Tensor) or not inv_scale.is_floating_point() or inv_scale.numel() != 1:
+    if not _dense(inv_scale) or not inv_scale.is_floating_point() or inv_scale.numel() != 1:
+        got = (f"a {inv_scale.dtype} tensor of shape {tuple(inv_scale.shape)}" if isinstance(inv_scale, torch.Tensor)
+               else repr(inv_scale))
         raise TypeError(
-            "inv_scale must be None or a one-element float32 tensor "
-            f"(e.g. 1 / scaler.get_scale() as a tensor), got {inv_scale!r}"
+            f"inv_scale must be None or a one-element float32 tensor (e.g. 1 / scaler.get_scale() as a tensor), got {got}"
         )
     if inv_scale.device != acc.device:
         raise ValueError(f"inv_scale is on {inv_scale.device}, acc on {acc.device}")

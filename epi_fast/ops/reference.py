@@ -1,6 +1,6 @@
 """The operators in plain PyTorch: the test oracle and the baseline the benchmarks beat.
 
-Same names, signatures, validation and results as the compiled operators in ``epi_fast._ops``
+Same names, signatures, validation and results as the compiled operators in ``epi_fast.ops``
 (masks, thresholds and counts identical; scores within float tolerance). Written the way a
 careful user would write them: vectorised where PyTorch makes that natural, one small loop
 over layers where it does not.

@@ -42,6 +42,10 @@ static void test_key_order() {
     CHECK(channel_key_score(keys[r]) == std::get<0>(expect[r]));
     CHECK(keys[r] != kProtectedKey);
   }
+  // The CPU select's 32-bit sentinel sorts above the key of every NaN-free score, as the 64-bit
+  // one does above every (score, index) key.
+  for (const float v : values) CHECK(float_order_key(v) < kProtectedKey32);
+  CHECK(static_cast<uint32_t>(kProtectedKey >> 32) == kProtectedKey32);
   CHECK(!std::signbit(channel_key_score(channel_key(-0.0f, 3))));  // -0.0 reads back as +0.0
 }
 

@@ -13,10 +13,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import assert_exact, assert_scores_close, compiled_ops
-
-OP_NAMES = ("channel_scores", "taylor_scores", "taylor_accumulate_", "group_reduce", "global_masks",
-            "layer_counts", "global_masks_counts", "mask_overlap")
+from conftest import compiled_ops
+from epi_fast.ops import OPS as OP_NAMES
+from epi_fast.testing import assert_exact, assert_scores_close
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_exact, assert_scores_close
+from epi_fast.testing import assert_exact, assert_scores_close
 
 INF, NAN = math.inf, math.nan
 F32 = torch.float32

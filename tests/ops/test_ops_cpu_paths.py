@@ -230,3 +230,17 @@ def test_layer_counts_and_overlap_match_reference(m, n):
     got = _ops.mask_overlap(a, b, sizes)
     exp = reference.mask_overlap(a, b, sizes)
     assert torch.equal(got[0], exp[0]) and torch.equal(got[1], exp[1])
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 255 * 8 - 1, 255 * 8, 255 * 8 + 1, 3 * 255 * 8 + 5])
+def test_counts_word_at_a_time_edges(n):
+    # The CPU counts read 8 mask bytes per word and fold the byte counters every 255 words:
+    # lengths around those sizes, segments that split words, empty masks and segments.
+    g = torch.Generator().manual_seed(n)
+    a, b = torch.rand(3, n, generator=g) > 0.5, torch.rand(3, n, generator=g) > 0.3
+    for sizes in ([n], [n // 3, 0, n - n // 3], [0, n]):
+        assert torch.equal(_ops.layer_counts(a, sizes), reference.layer_counts(a, sizes))
+        got, exp = _ops.mask_overlap(a, b, sizes), reference.mask_overlap(a, b, sizes)
+        assert torch.equal(got[0], exp[0]) and torch.equal(got[1], exp[1]), sizes
+    full = torch.ones(2, n, dtype=torch.bool)
+    assert _ops.layer_counts(full, [n]).tolist() == [[n], [n]]

@@ -1,8 +1,10 @@
 """Bad arguments: every implementation raises ValueError / TypeError naming the problem.
 
-Each case has exactly one thing wrong, so the reference and the compiled wrappers (which share
-``epi_fast.ops._checks``) must agree on the exception type and message. Device mixing is tested
-with the "meta" device, which needs no GPU.
+Each case has exactly one thing wrong, so the reference (``epi_fast.ops._checks``) and the
+compiled operators (their C++ checks, which say the same words; the wrappers check in Python only
+what the schema cannot carry) must agree on the exception type and message. Device mixing is
+tested with the "meta" device, which needs no GPU: a meta tensor routes the call to the fake
+kernels, which check with ``_checks`` too.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ For the ``cpu`` and ``cuda`` implementations the oracle is ``epi_fast.ops.refere
 ``reference`` itself it is an independent brute force (float64 sums, Python sorting of
 (score, index) tuples), which guards the oracle. Hypothesis runs derandomized so failures
 reproduce; tensors are generated from a drawn seed (one draw per tensor, not per element) to
-keep examples cheap. Tolerances are explained in conftest.py.
+keep examples cheap. Tolerances are explained in epi_fast/testing/compare.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import epi_fast.ops.reference as R
-from conftest import U, assert_bounded, assert_exact, assert_scores_close, taylor_bound
+from epi_fast.testing import U, assert_bounded, assert_exact, assert_scores_close, taylor_bound
 
 F32 = torch.float32
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)

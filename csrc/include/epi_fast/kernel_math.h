@@ -1,8 +1,20 @@
-// Per-element and per-row arithmetic shared by the CPU and CUDA kernels.
+// Arithmetic written once for the C++ compiler and for nvcc. No torch headers: the CMake core and
+// the .cu files include this without libtorch.
 //
-// Written once and compiled twice (by the C++ compiler and by nvcc) so that the CPU tests
-// exercise the arithmetic that the GPU runs. No torch headers: the CMake core and the .cu files
-// include this without libtorch.
+// What the CPU and CUDA kernels share, and therefore what a CPU test checks of the GPU's
+// arithmetic without a GPU:
+// - per element: the float32 widening of every input dtype, score_term, score_finish,
+//   taylor_finish, is_finite, and the group reductions (reduce_*), which both backends apply to
+//   a group's members in member order, so group_reduce agrees bit for bit;
+// - the order keys of global_masks (float_order_key, channel_key) and removal_count, so masks,
+//   thresholds and counts agree exactly for the same scores.
+// Not shared: how a row is summed. The CPU kernels sum element j of a row into lane j % 16 and
+// fold the lanes in the fixed tree below (row_score_sum, row_dot, and the AVX2 / AVX-512
+// kernels, which give the same bits); the CUDA kernels give each of a warp's 32 lanes a strided
+// share of the row and add the lanes with a shuffle tree, and nvcc may contract an element's
+// multiply with the running sum into one FMA. So channel and Taylor scores agree between the
+// CPU and CUDA within float tolerance, not bit for bit, and the row sums below are exercised on
+// the CPU only.
 #pragma once
 
 #include <math.h>
@@ -100,8 +112,13 @@ EPI_HD float channel_key_score(uint64_t key) {
   return order_key_float(static_cast<uint32_t>(key >> 32));
 }
 
-// Keys of protected channels: above every real key (a NaN-free score never maps to 0xffffffff).
+// Keys of protected channels (the min_keep highest of a segment, kept at every ratio), above every
+// key of a NaN-free score: float_order_key maps only a NaN (0x7fffffff) to 0xffffffff. Two widths,
+// one per select: the CUDA select sorts the 64-bit (score, index) keys with CUB, so every key is
+// distinct and the order needs no tie fix-up; the CPU select ranks the 32-bit score keys alone
+// (half the bytes per pass over the scores) and breaks ties by index afterwards.
 constexpr uint64_t kProtectedKey = ~static_cast<uint64_t>(0);
+constexpr uint32_t kProtectedKey32 = ~static_cast<uint32_t>(0);
 
 // k = floor(p * N + 0.5) in float64. Kept in separate statements and compiled without FMA
 // contraction (see setup.py) so that it equals Python's float arithmetic bit for bit.
@@ -127,8 +144,9 @@ EPI_HD float reduce_finish(float acc, int64_t count, Reduce r) {
 
 // Sum of score_term over one contiguous row. Element j goes to lane j % kLanes; the lanes are
 // folded in a fixed tree, (l, l+8) then (l, l+4) then (0+2)+(1+3), which is the order in which
-// two 8-wide vector accumulators reduce. The CPU's AVX2 kernels (ops_cpu.cpp) therefore give the
-// same bits as this portable code, and the fixed order makes results independent of threading.
+// two 8-wide vector accumulators reduce. The CPU's AVX2 and AVX-512 kernels
+// (csrc/ops/cpu/row_kernels.h) therefore give the same bits as this portable code, and the fixed
+// order makes results independent of threading. The CUDA kernels do not use these (see above).
 // Lanes past the end of a short row hold +0, and adding +0 changes no sum.
 constexpr int kLanes = 16;
 

@@ -1,0 +1,37 @@
+// Launch geometry, error checks and warp arithmetic shared by the families' CUDA kernels.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace epi_fast {
+namespace cuda {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+inline void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("epi_fast CUDA error in ") + what + ": " + cudaGetErrorString(err));
+}
+
+// Throws std::runtime_error with the CUDA error text if the last launch failed.
+inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
+
+// Blocks of kThreads for a grid-stride loop over n elements.
+inline unsigned grid_for(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(blocks, 65535)));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+}  // namespace cuda
+}  // namespace epi_fast

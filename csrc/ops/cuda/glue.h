@@ -1,0 +1,61 @@
+// What the families' CUDA glue shares: torch tensors turned into the torch-free launch types,
+// the current stream, small host vectors copied to the device without a synchronisation.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/tensor.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <vector>
+
+#include "../py_format.h"
+#include "epi_fast/cuda_launch.h"
+
+namespace epi_fast {
+namespace cuda_glue {
+
+inline cuda::DType launch_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return cuda::DType::Float32;
+    case at::kHalf: return cuda::DType::Float16;
+    case at::kBFloat16: return cuda::DType::BFloat16;
+    default: TORCH_CHECK_TYPE(false, "unsupported dtype ", py::dtype(t));
+  }
+}
+
+// Rows of every tensor (with its gradient, for Taylor) for a multi-tensor launch; contiguous
+// copies of strided inputs live as long as the table.
+struct RowTable {
+  std::vector<at::Tensor> keep_alive;
+  std::vector<cuda::RowTensor> rows;
+};
+
+inline RowTable row_table(at::TensorList tensors, at::TensorList grads, const std::vector<int64_t>& offsets) {
+  RowTable table;
+  table.rows.reserve(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    at::Tensor t = tensors[i].contiguous();
+    table.keep_alive.push_back(t);
+    const void* grad = nullptr;
+    if (!grads.empty()) {
+      at::Tensor g = grads[i].contiguous();
+      table.keep_alive.push_back(g);
+      grad = g.data_ptr();
+    }
+    const int64_t rows = t.size(0);
+    table.rows.push_back({{t.data_ptr(), grad}, rows, rows ? t.numel() / rows : 0, offsets[i]});
+  }
+  return table;
+}
+
+inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+inline at::Tensor device_vector(const std::vector<int64_t>& values, const at::Device& device) {
+  // Pinned and non-blocking: the copy joins the stream without a host synchronisation (the
+  // caching host allocator keeps the buffer alive until the copy has run).
+  at::Tensor host = at::tensor(values, at::TensorOptions().dtype(at::kLong)).pin_memory();
+  return host.to(device, /*non_blocking=*/true);
+}
+
+}  // namespace cuda_glue
+}  // namespace epi_fast

@@ -1,0 +1,18 @@
+// Launcher of groups_kernel.cu (torch-free; called by groups_glue.cpp).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "epi_fast/kernel_math.h"
+
+namespace epi_fast {
+namespace cuda {
+
+// out[g] = reduce over scores[member_idx[group_ptr[g]:group_ptr[g + 1]]], in member order.
+void group_reduce(const float* scores, const int64_t* group_ptr, const int64_t* member_idx, int64_t groups,
+                  Reduce reduce, float* out, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace epi_fast
