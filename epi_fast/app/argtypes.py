@@ -10,7 +10,7 @@ from typing import Callable, List
 
 from .._args import check_int, check_ratio, check_unit
 
-__all__ = ["positive_int", "non_negative_int", "prune_ratio", "train_ratio", "ratio_list", "tau", "positive_float",
+__all__ = ["criterion", "weight_criterion", "positive_int", "non_negative_int", "prune_ratio", "train_ratio", "ratio_list", "tau", "positive_float",
            "non_negative_float"]
 
 
@@ -70,3 +70,23 @@ def positive_float(text: str) -> float:
 def non_negative_float(text: str) -> float:
     """A finite number >= 0 (momentum, weight decay)."""
     return _float(text, False)
+
+
+def criterion(text: str) -> str:
+    """A criterion name of the registry or "package.module:Name" (a Criterion in the user's
+    code), checked by resolving it; the text itself is kept (it goes into summary.json)."""
+    from ..criteria import get_criterion
+
+    _checked(get_criterion, text)
+    return text
+
+
+def weight_criterion(text: str) -> str:
+    """A criterion that scores weights as they are (what a one-off prune can use)."""
+    from ..criteria import get_criterion
+
+    if _checked(get_criterion, text).needs_gradients:
+        raise argparse.ArgumentTypeError(
+            f"criterion {text!r} needs gradients accumulated over training; a one-off prune scores weights "
+            "(use magnitude, bn, l1, l2, or epi-fast train)")
+    return text

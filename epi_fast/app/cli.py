@@ -50,6 +50,7 @@ class _Parser(argparse.ArgumentParser):
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     from .data import FORMATS
+    from ..criteria import REDUCTIONS
     from ..policy.pruner import CRITERIA
 
     d = TRAIN_DEFAULTS
@@ -66,14 +67,16 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--model", default=d["model"], help="architecture name for epi_fast.models.build_model (default %(default)s)")
     g = p.add_argument_group("pruning policy")
     g.add_argument("--ratio", type=argtypes.train_ratio, default=d["ratio"], help="target prune ratio in (0, 1) (default %(default)s)")
-    g.add_argument("--criterion", default=d["criterion"], choices=CRITERIA, help="neuron importance (default %(default)s)")
+    g.add_argument("--criterion", default=d["criterion"], type=argtypes.criterion, metavar="C",
+                   help=f"neuron importance: {', '.join(CRITERIA)}, or package.module:Name for a Criterion in your own "
+                   "code (default %(default)s)")
     g.add_argument("--window", type=argtypes.positive_int, default=d["window"], help="EPI window r (default %(default)s)")
     g.add_argument("--tau", type=argtypes.tau, default=None, help="EPI threshold (default 0.944 for gradient/taylor, 0.983 otherwise)")
     g.add_argument("--patience", type=argtypes.non_negative_int, default=d["patience"], help="previous EPI values a firing EPI must not be below (default %(default)s)")
     g.add_argument("--track-ratios", type=argtypes.ratio_list, default=[], metavar="R[,R...]", help="more ratios whose EPI curves are recorded, e.g. 0.3,0.7")
     g.add_argument("--deadline-epoch", type=argtypes.positive_int, default=None, help="prune after this epoch if EPI has not fired")
     g.add_argument(
-        "--group-reduce", default=None, choices=("sum", "mean", "max"),
+        "--group-reduce", default=None, choices=REDUCTIONS,
         help="how coupled channels (residual adds) combine into one neuron's score (default: sum for "
         "gradient/taylor, mean for magnitude criteria)",
     )

@@ -26,12 +26,11 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
+from ..criteria import REDUCTIONS
 from . import argtypes
 from .errors import one_line, run_reporting_errors
 
 PROG = "epi-fast prune"
-CRITERIA = ("l2", "l1", "bn", "magnitude")
-REDUCTIONS = ("sum", "mean", "max")
 
 
 class PruneUsageError(Exception):
@@ -47,7 +46,9 @@ class _Parser(argparse.ArgumentParser):
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="in-repo model (resnet_small, mobilenet_small, densenet_small) or a torchvision classification model; optional with a --checkpoint that records its architecture (a model.pt written by epi-fast)")
     p.add_argument("--ratio", required=True, type=argtypes.prune_ratio, help="fraction of prunable group neurons to remove, in [0, 1)")
-    p.add_argument("--criterion", default="l2", choices=CRITERIA, help="channel score (default %(default)s); magnitude = bn where a BatchNorm exists, l2 elsewhere")
+    p.add_argument("--criterion", default="l2", type=argtypes.weight_criterion, metavar="C",
+                   help="channel score: l2 (default), l1, bn, magnitude (bn where a BatchNorm exists, l2 elsewhere), or "
+                   "package.module:Name for a weight Criterion in your own code")
     p.add_argument("--reduce", default=None, choices=REDUCTIONS, help="how coupled channels combine into one group score (default: the criterion's, mean for these magnitude criteria)")
     p.add_argument("--min-keep", type=argtypes.positive_int, default=1, help="neurons kept in every group at least (default %(default)s)")
     p.add_argument("--input-size", nargs=2, type=argtypes.positive_int, metavar=("H", "W"), default=None, help="example input size for tracing and FLOPs (default 8 8 for in-repo models, 224 224 otherwise)")

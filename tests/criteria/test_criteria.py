@@ -218,3 +218,63 @@ def test_a_user_criterion_plugs_into_epipruner(criterion):
         assert pruner.epi[:2] == [None, None] and pruner.epi[2] is not None
     out = model(torch.randn(2, 1, 8, 8))
     assert out.shape == (2, 10)
+
+
+# -- a criterion named by its import path (how a command line names one) -----------------------
+
+USER_MODULE = '''
+import torch
+from epi_fast.criteria import Criterion
+
+
+class Reversed(Criterion):
+    """Scores that prefer the lowest L2 norm: a weight criterion only this file knows."""
+
+    name = "reversed-l2"
+
+    def group_scores(self, layout, reduce=None):
+        from epi_fast.criteria import Magnitude
+        return -Magnitude("l2").group_scores(layout, reduce or self.default_reduce)
+
+
+INSTANCE = Reversed()
+NOT_ONE = 3
+'''
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "user_criteria_mod.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "user_criteria_mod"
+
+
+def test_a_criterion_by_import_path(user_module):
+    c = get_criterion(f"{user_module}:Reversed")
+    assert c.name == "reversed-l2" and type(c).__name__ == "Reversed"
+    assert get_criterion(f"{user_module}:INSTANCE").name == "reversed-l2"
+    with pytest.raises(ValueError, match=r"is a int, not an epi_fast.criteria.Criterion"):
+        get_criterion(f"{user_module}:NOT_ONE")
+    with pytest.raises(ValueError, match=r"has no 'Missing'"):
+        get_criterion(f"{user_module}:Missing")
+    with pytest.raises(ValueError, match=r"cannot import 'no_such_module_xyz'"):
+        get_criterion("no_such_module_xyz:C")
+
+
+def test_both_command_lines_take_a_criterion_by_import_path(user_module, tmp_path, capsys):
+    import json
+
+    from epi_fast.app.cli import main
+
+    out = tmp_path / "pruned.pt"
+    assert main(["prune", "--model", "resnet_small", "--ratio", "0.5", "--criterion", f"{user_module}:Reversed",
+                 "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["criterion"] == f"{user_module}:Reversed" and out.exists()
+    assert main(["train", "--out", str(tmp_path / "run"), "--epochs", "2", "--no-progress",
+                 "--criterion", f"{user_module}:Reversed"]) == 0
+    run = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert run["criterion"] == f"{user_module}:Reversed" and run["tau"] == 0.983
+    assert main(["prune", "--model", "resnet_small", "--ratio", "0.5", "--criterion", "gradient",
+                 "--out", str(tmp_path / "g.pt")]) == 2
+    assert "needs gradients" in capsys.readouterr().err
