@@ -57,18 +57,23 @@ def resolve_ignored(model: nn.Module, ignored_layers: Iterable) -> List[nn.Modul
     return out
 
 
+def check_inputs(example_inputs: Any) -> None:
+    """TypeError unless example_inputs is a tensor, a tuple/list or a dict."""
+    if not isinstance(example_inputs, (torch.Tensor, tuple, list, dict)):
+        raise TypeError(
+            f"example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword inputs, "
+            f"got {type(example_inputs).__name__}"
+        )
+
+
 def call_model(model: nn.Module, example_inputs: Any):
     """model(x) for a tensor, model(*x) for a tuple or list, model(**x) for a dict."""
+    check_inputs(example_inputs)
     if isinstance(example_inputs, torch.Tensor):
         return model(example_inputs)
     if isinstance(example_inputs, dict):
         return model(**example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
-    raise TypeError(
-        f"example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword inputs, "
-        f"got {type(example_inputs).__name__}"
-    )
+    return model(*example_inputs)
 
 
 def output_tensors(out: Any) -> List[torch.Tensor]:
@@ -106,8 +111,7 @@ class Trace:
 
 def trace_model(model: nn.Module, example_inputs: Any) -> Trace:
     """Trace `model` on `example_inputs` without changing it (training flags are restored)."""
-    if not isinstance(example_inputs, (torch.Tensor, tuple, list, dict)):
-        call_model(model, example_inputs)  # raises the TypeError that names the problem
+    check_inputs(example_inputs)
     captured: List[torch.Tensor] = []
 
     def forward(m, inputs):
