@@ -1,4 +1,8 @@
-"""epi_fast.testing's comparisons, which the operator tests and the benchmarks share."""
+"""epi_fast.testing's comparisons, which the operator tests and the benchmarks share.
+
+Not a family's test: every family's file (and the benchmarks) compares through these helpers, so
+they are tested once, here.
+"""
 
 from __future__ import annotations
 

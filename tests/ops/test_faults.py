@@ -9,6 +9,12 @@ CUDA error or an out-of-memory it would hide the first failure behind a second c
 ``taylor_accumulate_``'s CPU kernel computes the whole step into scratch and commits it last with
 stores that cannot fail, so a call that raised has applied its step exactly once (a fault after
 the commit, "written") or not at all (any error before it, "scratch").
+
+The file spans the operator families because the hooks and the rule they check (one entry, the
+error passed on) are the same for every operator: one table, ``sample_calls``, parametrises the
+test over every operator and every fault stage it defines, and a test checks that the table
+covers all of ``epi_fast.ops.OPS``. The ``taylor_accumulate_`` cases after it stay with the
+hooks they need (the ``hooks`` fixture, the stages "scratch" and "written").
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ The samples are recorded, not hand-written against the raw schemas: each public 
 ``epi_fast::*`` call it makes, and ``torch.library.opcheck`` then runs on exactly those
 arguments (schema mutation annotations, fake tensor kernel vs real kernel, AOT dispatch with
 dynamic shapes). A missing extension fails these tests; it is not skipped.
+
+The file spans the operator families because the samples are recorded from every public function
+and a test checks that they reach every operator in ``epi_fast.ops.OPS``; the fake-kernel and
+``torch.compile`` cases after them test the same registration and tracing machinery, with the
+same module-scoped ``ops`` fixture, rather than one family's values.
 """
 
 from __future__ import annotations

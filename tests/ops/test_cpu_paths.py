@@ -1,18 +1,21 @@
-"""The CPU kernels' internal paths, each checked against another path or the oracle.
+"""The CPU kernels' shared paths: results must not depend on how the CPU runs them.
+
+These tests span the families because the paths they check are shared: one set of SIMD row
+kernels (one switch, ``_C.set_cpu_simd_level``) serves ``channel_scores`` and the Taylor
+operators, and the thread count applies to every CPU kernel. The CPU paths of one family are in
+that family's file (global_masks' radix select in test_masks.py, the counts' word-at-a-time loop
+in test_counts.py).
 
 - Row kernels: the AVX-512 and AVX2 kernels (picked at run time) and the portable ones must give
   the same bits, since all sum element j of a row into lane j % 16 and fold the lanes in one
   fixed tree.
-- global_masks: the radix select descends one 11-bit digit at a time into the buckets that hold
-  the wanted ranks; inputs whose keys share many leading bits (scores a few ulps apart), heavy
-  ties at the k-th key and duplicated ratios walk every level and the tie fix-up, and must give
-  the reference's masks and thresholds exactly.
+- Thread count: the scores, Taylor and mask operators give bitwise identical results with one
+  thread and with several (CONTRACTS).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 
 import pytest
 import torch
@@ -21,8 +24,8 @@ import epi_fast.ops.reference as reference
 from epi_fast import ops as _ops
 from epi_fast.ops._ext import _C
 
-RATIOS_9 = [i / 10 for i in range(1, 10)]
 
+# -- SIMD levels: the row kernels give the same bits at every level ----------------------------
 
 @contextlib.contextmanager
 def simd_level(level: str):
@@ -156,91 +159,34 @@ def test_scores_match_reference_with_every_kernel():
             torch.testing.assert_close(_ops.channel_scores(layers, "l2"), expected, rtol=1e-5, atol=1e-6)
 
 
-# --- global_masks: the radix select's levels and the tie fix-up --------------------------------
+# -- thread count ------------------------------------------------------------------------------
 
-def _ulps_apart(n: int, spread: int, seed: int) -> torch.Tensor:
-    """Scores that are 1.0 plus 0..spread-1 ulps: every key shares its top 32 - log2(spread) bits."""
-    g = torch.Generator().manual_seed(seed)
-    steps = torch.randint(0, spread, (n,), generator=g, dtype=torch.int32)
-    return (torch.tensor(1.0).view(torch.int32) + steps).view(torch.float32)
+def test_results_do_not_depend_on_thread_count(impl):
+    # CONTRACTS: "Results do not depend on the thread count" -> bitwise identical, not just close.
+    if impl.device.type != "cpu":
+        pytest.skip("thread count applies to the CPU implementations")
+    gen = torch.Generator().manual_seed(4)
+    tensors = [torch.randn(r, 33, generator=gen) for r in torch.randint(1, 9, (500,), generator=gen).tolist()]
+    tensors.append(torch.randn(4096, 1024, generator=gen))
+    grads = [torch.randn(t.shape, generator=gen) for t in tensors]
+    n = sum(t.shape[0] for t in tensors)
+    scores = torch.randint(0, 50, (n,), generator=gen).float()
+    sizes = [t.shape[0] for t in tensors]
 
+    def run():
+        acc, skipped = torch.zeros(n), torch.zeros(1, dtype=torch.int64)
+        impl.ops.taylor_accumulate_(acc, skipped, tensors, grads)
+        return [impl.ops.channel_scores(tensors, "l2"), impl.ops.channel_scores(tensors, "l1"),
+                impl.ops.taylor_scores(tensors, grads), acc,
+                *impl.ops.global_masks(scores, [0.1, 0.5, 0.9], sizes, 1)]
 
-def _cases():
-    g = torch.Generator().manual_seed(0)
-    yield "tiny-65", torch.randn(65, generator=g)
-    yield "normal-5k", torch.randn(5000, generator=g).abs()
-    yield "ulps-2-whole-descent", _ulps_apart(3000, 2, 1)  # two distinct keys, n >> 64: heavy ties
-    yield "ulps-1000-level-1", _ulps_apart(4000, 1000, 2)  # one level-0 bucket, several level-1
-    yield "ulps-5000-level-2", _ulps_apart(20000, 5000, 3)
-    yield "few-values", torch.randint(0, 4, (7000,), generator=g).float()
-    yield "all-equal", torch.full((1000,), 0.25)
-    yield "signed-zeros-infs", torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1.0, -1.0] * 200)
-    yield "wide-range", torch.randn(70000, generator=g) * torch.exp(torch.randn(70000, generator=g) * 10)
-
-
-CASES = list(_cases())
-
-
-@pytest.mark.parametrize("name, scores", CASES, ids=[c[0] for c in CASES])
-@pytest.mark.parametrize("min_keep", [0, 1, 3])
-def test_global_masks_radix_select_matches_reference(name, scores, min_keep):
-    n = scores.numel()
-    sizes = [n // 4, n // 3, n - n // 4 - n // 3]
-    all_ratios = RATIOS_9 + [0.0, 0.5, 0.5, 0.05]  # k = 0 and a duplicated ratio
-    for segments in (sizes, None):
-        keep = min_keep if segments is not None else 0
-        removable = n - sum(min(s, keep) for s in (segments or []))
-        ratios = [p for p in all_ratios if math.floor(p * n + 0.5) <= removable]
-        ratios.append(removable / n - 1e-12)  # k = every removable channel: the largest real key
-        assert math.floor(ratios[-1] * n + 0.5) == removable
-        got_m, got_t = _ops.global_masks(scores, ratios, segments, keep)
-        exp_m, exp_t = reference.global_masks(scores, ratios, segments, keep)
-        assert torch.equal(got_m, exp_m), f"{name}: masks differ (segments={segments is not None}, min_keep={keep})"
-        assert torch.equal(got_t.view(torch.int32), exp_t.view(torch.int32)), f"{name}: thresholds differ"
-
-
-def test_global_masks_every_k_on_a_small_tied_vector():
-    scores = torch.tensor([3.0, 1.0, 2.0, 1.0, 1.0, 2.0, 0.5, 1.0] * 10)  # n = 80 > 64: radix path
-    n = scores.numel()
-    ratios = [k / n for k in range(n)]
-    got_m, got_t = _ops.global_masks(scores, ratios)
-    exp_m, exp_t = reference.global_masks(scores, ratios)
-    assert torch.equal(got_m, exp_m)
-    assert torch.equal(got_t, exp_t)
-    assert got_m.logical_not().sum(dim=1).tolist() == list(range(n))
-
-
-@pytest.mark.parametrize("n", [1 << 16, (1 << 16) + 1, 3 * (1 << 16) + 17])
-def test_global_masks_parallel_fill_chunks(n):
-    # Above 2^18 mask entries the fill runs in parallel chunks of 2^16 channels.
-    scores = torch.randint(0, 50, (n,)).float()  # ties that cross chunk boundaries
-    got_m, got_t = _ops.global_masks(scores, RATIOS_9, [n // 2, n - n // 2], 2)
-    exp_m, exp_t = reference.global_masks(scores, RATIOS_9, [n // 2, n - n // 2], 2)
-    assert torch.equal(got_m, exp_m)
-    assert torch.equal(got_t, exp_t)
-
-
-@pytest.mark.parametrize("m, n", [(1, 10), (9, 1000), (3, (1 << 24) + 5)])
-def test_layer_counts_and_overlap_match_reference(m, n):
-    g = torch.Generator().manual_seed(n)
-    a = torch.rand(m, n, generator=g) > 0.3
-    b = torch.rand(m, n, generator=g) > 0.6
-    sizes = [n // 3, 0, n - n // 3]
-    assert torch.equal(_ops.layer_counts(a, sizes), reference.layer_counts(a, sizes))
-    got = _ops.mask_overlap(a, b, sizes)
-    exp = reference.mask_overlap(a, b, sizes)
-    assert torch.equal(got[0], exp[0]) and torch.equal(got[1], exp[1])
-
-
-@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 255 * 8 - 1, 255 * 8, 255 * 8 + 1, 3 * 255 * 8 + 5])
-def test_counts_word_at_a_time_edges(n):
-    # The CPU counts read 8 mask bytes per word and fold the byte counters every 255 words:
-    # lengths around those sizes, segments that split words, empty masks and segments.
-    g = torch.Generator().manual_seed(n)
-    a, b = torch.rand(3, n, generator=g) > 0.5, torch.rand(3, n, generator=g) > 0.3
-    for sizes in ([n], [n // 3, 0, n - n // 3], [0, n]):
-        assert torch.equal(_ops.layer_counts(a, sizes), reference.layer_counts(a, sizes))
-        got, exp = _ops.mask_overlap(a, b, sizes), reference.mask_overlap(a, b, sizes)
-        assert torch.equal(got[0], exp[0]) and torch.equal(got[1], exp[1]), sizes
-    full = torch.ones(2, n, dtype=torch.bool)
-    assert _ops.layer_counts(full, [n]).tolist() == [[n], [n]]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(max(2, before))
+        many = run()
+    finally:
+        torch.set_num_threads(before)
+    for i, (a, b) in enumerate(zip(one, many)):
+        assert torch.equal(a, b), f"{impl.name}: result {i} differs between 1 and {max(2, before)} threads"
