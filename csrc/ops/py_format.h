@@ -1,6 +1,6 @@
 // Values spelled as Python spells them, for the operators' error messages: each check must say
-// word for word what epi_fast/ops/_checks.py says for the same input (the tables of
-// tests/ops/test_ops_errors.py hold the reference, the CPU and the CUDA operators to one
+// word for word what epi_fast/ops/_checks.py says for the same input (the error tables of
+// tests/ops/test_<family>.py hold the reference, the CPU and the CUDA operators to one
 // message), so dtypes read torch.float32 (not Float), shapes (2, 3) and (5,), floats and strings
 // as repr() writes them, and integers past int64 exactly.
 #pragma once

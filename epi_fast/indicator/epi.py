@@ -91,7 +91,7 @@ def _psi_rows(n: np.ndarray, earlier: np.ndarray) -> np.ndarray:
 
     n is [..., L] and earlier [..., r, L]; the result is [..., r]. The layer sum runs along the
     contiguous last axis whatever the leading shape, so one indicator and a stack of several
-    give the same bits (tests/test_indicator.py checks it)."""
+    give the same bits (tests/indicator/test_indicator.py checks it)."""
     n = n[..., None, :]
     # Counts are >= 0, so den == 0 only where num == 0 too: dividing by max(den, 1) makes 0/0
     # count as 0 and leaves every other quotient as it is.

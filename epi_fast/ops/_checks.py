@@ -3,8 +3,8 @@ compiled operators' wrappers and fake kernels use.
 
 The compiled operators check their arguments in C++ (csrc/ops/checks.h and the family headers)
 with these same messages, word for word and in the same order, so the reference, the CPU and
-the CUDA operators refuse the same inputs alike (tests/ops/test_ops_errors.py). The wrappers run
-only the parts that turn an argument into what the schema takes (``*_list``, ``integer``, the
+the CUDA operators refuse the same inputs alike (the error tables of tests/ops/test_<family>.py).
+The wrappers run only the parts that turn an argument into what the schema takes (``*_list``, ``integer``, the
 type checks), and only when it is not already in that form; the fake kernels run the rest, for
 meta tensors and tracing. Every check names the offending argument.
 """
