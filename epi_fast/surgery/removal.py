@@ -88,27 +88,12 @@ def prune(
         layout = group_layout(model, example_inputs, ignored_layers=ignored_layers)
     else:
         _check_layout(layout, model)
-    if layout.untraced:
-        shown = ", ".join(layout.untraced[:3]) + (", ..." if len(layout.untraced) > 3 else "")
-        warnings.warn(
-            f"{len(layout.untraced)} conv/linear layers were not reached by tracing ({shown}), e.g. "
-            "auxiliary heads that only run in training mode: they are not pruned, so the pruned "
-            "model may only run in eval mode",
-            stacklevel=2,
-        )
-    n = layout.num_neurons
-    given_scores = scores is not None
-    if scores is None:
-        scores = crit.group_scores(layout, reduce)
-    elif not isinstance(scores, torch.Tensor) or scores.dim() != 1 or scores.numel() != n:
-        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise ValueError(f"scores must be a 1-D tensor of the layout's {n} group neurons, got {shape}")
-    masks, _ = ops.global_masks(scores, ratio, segment_sizes=layout.group_sizes, min_keep=min_keep)
-    keep = masks[0].cpu()
+    _warn_untraced(layout)
+    keep = _keep_mask(layout, crit, scores, ratio, min_keep, reduce)
     _check_optimizer(optimizer, layout, keep)
 
     before = count_ops(model, example_inputs)
-    channels_before = [v for v in layout.layer_channels().values()]
+    channels_before = list(layout.layer_channels().values())
     groups_pruned = sum(1 for g, o in zip(layout.groups, layout.offsets) if not bool(keep[o:o + g.size].all()))
     layers = list(layout.layers)
     expected = layout.structure(keep)[0].tolist()
@@ -126,23 +111,42 @@ def prune(
     return {
         "ratio": ratio,
         "criterion": crit.name,
-        "scores": "given" if given_scores else "criterion",
+        "scores": "criterion" if scores is None else "given",
         "min_keep": min_keep,
-        "params_before": before["params"],
-        "params_after": after["params"],
-        "flops_before": before["flops"],
-        "flops_after": after["flops"],
-        "macs_before": before["macs"],
-        "macs_after": after["macs"],
+        **{f"{key}_{when}": sizes[key] for key in ("params", "flops", "macs")
+           for when, sizes in (("before", before), ("after", after))},
         "layers": layers,
         "channels_before": channels_before,
         "kept": kept,
-        "neurons": n,
+        "neurons": layout.num_neurons,
         "neurons_removed": int((~keep).sum()),
         "groups": len(layout.groups),
         "groups_pruned": groups_pruned,
         "channels_removed": int(sum(channels_before) - sum(kept)),
     }
+
+
+def _warn_untraced(layout: GroupLayout) -> None:
+    if layout.untraced:
+        shown = ", ".join(layout.untraced[:3]) + (", ..." if len(layout.untraced) > 3 else "")
+        warnings.warn(
+            f"{len(layout.untraced)} conv/linear layers were not reached by tracing ({shown}), e.g. "
+            "auxiliary heads that only run in training mode: they are not pruned, so the pruned "
+            "model may only run in eval mode",
+            stacklevel=3,
+        )
+
+
+def _keep_mask(layout: GroupLayout, crit, scores, ratio: float, min_keep: int, reduce: str) -> torch.Tensor:
+    """bool [N] on the host: the neurons kept at `ratio`, from `scores` or the criterion's."""
+    n = layout.num_neurons
+    if scores is None:
+        scores = crit.group_scores(layout, reduce)
+    elif not isinstance(scores, torch.Tensor) or scores.dim() != 1 or scores.numel() != n:
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"scores must be a 1-D tensor of the layout's {n} group neurons, got {shape}")
+    masks, _ = ops.global_masks(scores, ratio, segment_sizes=layout.group_sizes, min_keep=min_keep)
+    return masks[0].cpu()
 
 
 def _check_structure(layers, kept, expected) -> None:
