@@ -27,9 +27,18 @@ def _env():
 
 def _spawn(argv, cwd, umask=None, code=None):
     cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "epi_fast"]
+
+    def child_setup():
+        # A shell's background job (CI started with `&`, nohup) runs with SIGINT ignored, and an
+        # ignored disposition survives exec: Python then never raises KeyboardInterrupt. The
+        # child gets SIGINT's default back, as a process started from a terminal has it.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if umask is not None:
+            os.umask(umask)
+
     return subprocess.Popen(
         cmd + argv, cwd=str(cwd), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
+        preexec_fn=child_setup,
     )
 
 
