@@ -88,10 +88,11 @@ def write_table(rows: list[dict], path: str, seconds: float) -> None:
         "Written by `experiments/model_survey.py` (do not edit by hand). Each model: random weights,",
         "10 classes, the smallest input of 64/224/299 pixels it accepts, `prune(model, 0.5, x,",
         'criterion="magnitude")` (half of the prunable group neurons removed globally, at least one',
-        "kept per group; the classifier's outputs are never pruned), then a forward pass of the pruned",
+        "kept per group, coupled channels combined by the criterion's default, the mean; the",
+        "classifier's outputs are never pruned), then a forward pass of the pruned",
         "model in eval mode (\"works\") and in training mode (noted when it fails). Params are counted",
         "with 10 classes. The equivalence of pruning and masking is tested separately",
-        "(`tests/test_surgery.py`) on a subset.",
+        "(`tests/surgery/test_surgery.py`) on a subset.",
         "",
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, torch-pruning "
         f"{torch_pruning.__version__}; {ok} of {len(rows)} models work; survey time {seconds / 60:.0f} min "
@@ -116,14 +117,18 @@ def write_table(rows: list[dict], path: str, seconds: float) -> None:
 
 NOTES = """
 - "works" means the pruned model runs and gives 10 outputs; that pruning equals masking is
-  checked in `tests/test_surgery.py` for resnet18/50, mobilenet_v2/v3_small, vgg11_bn,
+  checked in `tests/surgery/test_surgery.py` for resnet18/50, mobilenet_v2/v3_small, vgg11_bn,
   densenet121, resnext50_32x4d and the in-repo models. ConvNeXt, ViT, EfficientNet and RegNet
   run after pruning but their equivalence (LayerNorm, layer-scale and class-token parameters,
   attention) is not tested here.
 - "kept" is params after / before. A ratio counts group neurons, not parameters: a neuron of a
-  wide late layer carries more parameters than one of an early layer, and with
-  `reduce="sum"` a residual neuron shared by many layers outscores lone channels, so lone
-  inner convolutions go first and the parameter reduction differs from the ratio.
+  wide late layer carries more parameters than one of an early layer, so the parameter
+  reduction differs from the ratio. With 0.1's default `reduce="sum"` a residual neuron shared
+  by many layers outscored lone channels, so lone inner convolutions went first; with the mean
+  (0.2.0's default for magnitude criteria) that bias is gone, but at random initialisation
+  every BatchNorm gamma is 1, the BN-scored groups tie and ties go by index, so the earliest
+  groups go first: in regnet_y_400mf the residual streams of the first stages keep one channel
+  (14 of its 85 layers keep one). Per-layer limits are the remedy (not in this release).
 - Grouped convolutions (ResNeXt, RegNet) are pruned alike in every convolution group: such a
   group neuron ties `groups` channels, and its score is the mean over the copies.
 - Modules that only run in training mode (GoogLeNet/Inception auxiliary heads) are not seen by
