@@ -1,9 +1,37 @@
-"""Helpers that several operator-family test files share (``from _helpers import ...``).
+"""Helpers that several operator-family test files share (``from _helpers import ...``), and how
+those files test.
 
-Grouped by the kind of test that uses them: the hand-computed cases, the error tables (argument
-builders that take an ``Impl``), the raw-operator message cases (CPU tensors, no ``Impl``) and the
-property tests (hypothesis settings, random tensors and layer lists). A helper that one family
-file alone uses stays in that file. The ``impl`` fixture is in tests/conftest.py.
+Each family file (test_scores, test_taylor, test_groups, test_masks, test_counts) holds four
+kinds of test:
+
+- Hand-computed cases: expected values are worked out by hand in the comments; inputs are small
+  and exactly representable, so scores are compared with a tight tolerance and masks,
+  thresholds, counts and maxima exactly.
+- Error tables: every implementation raises ValueError / TypeError naming the problem. Each case
+  has exactly one thing wrong, so the reference (``epi_fast.ops._checks``) and the compiled
+  operators (their C++ checks, which say the same words; the wrappers check in Python only what
+  the schema cannot carry) must agree on the exception type and message. Device mixing is tested
+  with the "meta" device, which needs no GPU: a meta tensor routes the call to the fake kernels,
+  which check with ``_checks`` too.
+- Raw messages (``CASES``): the C++ checks say word for word what the reference's Python checks
+  say. The error tables match messages by pattern through the public functions; here each
+  operator is called raw (``torch.ops.epi_fast``, no Python in between) and its message must
+  equal the reference's ``str(exception)`` exactly, with the same exception type: Python's
+  spelling of dtypes, shapes, floats and strings included.
+- Property tests: random inputs, every implementation against an oracle, plus invariants. For
+  the ``cpu`` and ``cuda`` implementations the oracle is ``epi_fast.ops.reference``; for
+  ``reference`` itself it is an independent brute force named in the family file, which guards
+  the oracle. Hypothesis runs derandomized so failures reproduce; inputs are generated from a
+  drawn seed (one draw per tensor, not per element) to keep examples cheap. Tolerances are
+  explained in epi_fast/testing/compare.py.
+
+All but the raw messages run on every implementation (the ``impl`` fixture, tests/conftest.py:
+reference, cpu, cuda); the raw messages call the CPU operator and the reference directly.
+
+The helpers here are grouped by the kind of test that uses them: the hand-computed cases, the
+error tables (argument builders that take an ``Impl``), the raw-operator message cases (CPU
+tensors, no ``Impl``) and the property tests (hypothesis settings, random tensors and layer
+lists). A helper that one family file alone uses stays in that file.
 """
 
 from __future__ import annotations

@@ -1,35 +1,11 @@
 """The counts family, ``layer_counts`` and ``mask_overlap``: their hand-computed cases, error
-table, raw-operator messages, property tests and the CPU counts' word-at-a-time paths.
+table (``COUNTS``), raw-operator messages and property tests, as tests/ops/_helpers.py
+describes them, and the CPU counts' word-at-a-time paths. Counts are compared exactly; the
+reference's own oracle: Python sums over the mask entries.
 
-All but the raw messages and the CPU paths run on every implementation (the ``impl`` fixture:
-reference, cpu, cuda); the raw messages and the CPU paths call the CPU operator and the
-reference directly.
-
-Hand-computed cases: expected values are worked out by hand in the comments; counts are compared
-exactly.
-
-Error table (``COUNTS``): every implementation raises ValueError / TypeError naming the problem.
-Each case has exactly one thing wrong, so the reference (``epi_fast.ops._checks``) and the
-compiled operators (their C++ checks, which say the same words; the wrappers check in Python
-only what the schema cannot carry) must agree on the exception type and message. Device mixing
-is tested with the "meta" device, which needs no GPU: a meta tensor routes the call to the fake
-kernels, which check with ``_checks`` too.
-
-Raw messages (``CASES``): the C++ checks say word for word what the reference's Python checks
-say. The error table matches messages by pattern through the public functions; here each
-operator is called raw (``torch.ops.epi_fast``, no Python in between) and its message must equal
-the reference's ``str(exception)`` exactly, with the same exception type: Python's spelling of
-dtypes, shapes, floats and strings included.
-
-Property tests: random inputs, every implementation against an oracle, plus invariants. For the
-``cpu`` and ``cuda`` implementations the oracle is ``epi_fast.ops.reference``; for ``reference``
-itself it is an independent brute force (Python sums over the mask entries), which guards the
-oracle. Hypothesis runs derandomized so failures reproduce; masks are generated from a drawn
-seed to keep examples cheap. Counts are compared exactly.
-
-CPU paths: the CPU counts read 8 mask bytes per word and fold the byte counters every 255 words;
-mask lengths around those sizes, segments that split words and masks past 2^24 entries must give
-the reference's counts exactly.
+CPU paths (called on the CPU operator and the reference directly): the CPU counts read 8 mask
+bytes per word and fold the byte counters every 255 words; mask lengths around those sizes,
+segments that split words and masks past 2^24 entries must give the reference's counts exactly.
 """
 
 from __future__ import annotations

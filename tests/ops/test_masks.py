@@ -1,37 +1,14 @@
 """The masks family, ``global_masks`` and ``global_masks_counts``: their hand-computed cases,
-error tables, raw-operator messages, property tests and the CPU radix select's paths.
+error tables (``GLOBAL_MASKS``, ``GLOBAL_MASKS_COUNTS``), raw-operator messages and property
+tests, as tests/ops/_helpers.py describes them, and the CPU radix select's paths. Masks,
+thresholds and counts are compared exactly; the ratios in the messages are printed as
+``repr()`` prints them, for every float. The reference's own oracle: Python sorting of
+(score, index) tuples (numpy's ``lexsort`` for the 2^20 scores).
 
-All but the raw messages and the radix-select cases run on every implementation (the ``impl``
-fixture: reference, cpu, cuda); the raw messages and the radix-select cases call the CPU
-operator and the reference directly.
-
-Hand-computed cases: expected values are worked out by hand in the comments; masks, thresholds
-and counts are compared exactly.
-
-Error table (``GLOBAL_MASKS``, ``GLOBAL_MASKS_COUNTS``): every implementation raises
-ValueError / TypeError naming the problem. Each case has exactly one thing wrong, so the reference
-(``epi_fast.ops._checks``) and the compiled operators (their C++ checks, which say the same
-words; the wrappers check in Python only what the schema cannot carry) must agree on the
-exception type and message.
-
-Raw messages (``CASES``): the C++ checks say word for word what the reference's Python checks
-say. The error table matches messages by pattern through the public functions; here each
-operator is called raw (``torch.ops.epi_fast``, no Python in between) and its message must equal
-the reference's ``str(exception)`` exactly, with the same exception type: Python's spelling of
-dtypes, shapes, floats and strings included. The ratios in the messages are printed as
-``repr()`` prints them, for every float.
-
-Property tests: random inputs, every implementation against an oracle, plus invariants. For the
-``cpu`` and ``cuda`` implementations the oracle is ``epi_fast.ops.reference``; for ``reference``
-itself it is an independent brute force (Python sorting of (score, index) tuples; numpy's
-``lexsort`` for the 2^20 scores), which guards the oracle. Hypothesis runs derandomized so
-failures reproduce; scores are generated from a drawn seed to keep examples cheap. Masks,
-thresholds and counts are compared exactly.
-
-CPU radix select: global_masks descends one 11-bit digit at a time into the buckets that hold
-the wanted ranks; inputs whose keys share many leading bits (scores a few ulps apart), heavy
-ties at the k-th key and duplicated ratios walk every level and the tie fix-up, and must give
-the reference's masks and thresholds exactly.
+CPU radix select (called on the CPU operator and the reference directly): global_masks descends
+one 11-bit digit at a time into the buckets that hold the wanted ranks; inputs whose keys share
+many leading bits (scores a few ulps apart), heavy ties at the k-th key and duplicated ratios
+walk every level and the tie fix-up, and must give the reference's masks and thresholds exactly.
 """
 
 from __future__ import annotations

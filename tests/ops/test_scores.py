@@ -1,31 +1,6 @@
-"""The scores family, ``channel_scores``: its hand-computed cases, error table, raw-operator
-messages and property tests.
-
-All but the raw messages run on every implementation (the ``impl`` fixture: reference, cpu,
-cuda); the raw messages call the CPU operator and the reference directly.
-
-Hand-computed cases: expected values are worked out by hand in the comments; inputs are small
-and exactly representable, so scores are compared with a tight tolerance.
-
-Error table (``CHANNEL_SCORES``): every implementation raises ValueError / TypeError naming the
-problem. Each case has exactly one thing wrong, so the reference (``epi_fast.ops._checks``) and
-the compiled operators (their C++ checks, which say the same words; the wrappers check in Python
-only what the schema cannot carry) must agree on the exception type and message. Device mixing
-is tested with the "meta" device, which needs no GPU: a meta tensor routes the call to the fake
-kernels, which check with ``_checks`` too.
-
-Raw messages (``CASES``): the C++ checks say word for word what the reference's Python checks
-say. The error table matches messages by pattern through the public functions; here each
-operator is called raw (``torch.ops.epi_fast``, no Python in between) and its message must equal
-the reference's ``str(exception)`` exactly, with the same exception type: Python's spelling of
-dtypes, shapes, floats and strings included.
-
-Property tests: random inputs, every implementation against an oracle, plus invariants. For the
-``cpu`` and ``cuda`` implementations the oracle is ``epi_fast.ops.reference``; for ``reference``
-itself it is an independent brute force (float64 sums), which guards the oracle. Hypothesis runs
-derandomized so failures reproduce; tensors are generated from a drawn seed (one draw per
-tensor, not per element) to keep examples cheap. Tolerances are explained in
-epi_fast/testing/compare.py.
+"""The scores family, ``channel_scores``: its hand-computed cases, error table
+(``CHANNEL_SCORES``), raw-operator messages and property tests, as tests/ops/_helpers.py
+describes them. The reference's own oracle in the property tests: float64 sums.
 """
 
 from __future__ import annotations
