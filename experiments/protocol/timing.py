@@ -7,14 +7,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from epi_fast.app.training import seed_everything
 
 from .config import TRAIN
 from .data import Tensors
 from .dense import UnitSetup
-from .training import make_optimizer, make_scheduler
+from .training import make_optimizer, make_scheduler, train_step
 
 
 def keep_mask_from_counts(layout, layers: List[str], kept: List[int]) -> torch.Tensor:
@@ -40,14 +39,7 @@ def step_seconds(model, data: Tensors, accumulate=None, warmup: int = 2, chunk: 
     times = []
 
     def step():
-        idx = torch.randint(0, len(data), (bs,), generator=gen)
-        loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if accumulate is not None:
-            accumulate()
-        opt.step()
-        sched.step()
+        train_step(model, opt, sched, data, torch.randint(0, len(data), (bs,), generator=gen), accumulate)
 
     for _ in range(warmup):
         step()

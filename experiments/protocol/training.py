@@ -43,16 +43,22 @@ def train_epoch(model, optimizer, scheduler, data: Tensors, gen: torch.Generator
     loss_sum = 0.0
     steps = steps_per_epoch(len(data))
     for i in range(steps):
-        idx = perm[i * bs:(i + 1) * bs]
-        loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if accumulate is not None:
-            accumulate()
-        optimizer.step()
-        scheduler.step()
-        loss_sum += float(loss.detach())
+        loss_sum += float(train_step(model, optimizer, scheduler, data, perm[i * bs:(i + 1) * bs], accumulate))
     return loss_sum / steps
+
+
+def train_step(model, optimizer, scheduler, data: Tensors, idx: torch.Tensor,
+               accumulate: Optional[Callable[[], None]] = None) -> torch.Tensor:
+    """One optimizer step on the samples `idx`; `accumulate` runs between backward and step.
+    Returns the (detached) loss."""
+    loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if accumulate is not None:
+        accumulate()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach()
 
 
 def evaluate(model, data: Tensors) -> float:
