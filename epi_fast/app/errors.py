@@ -9,7 +9,6 @@ Ctrl-C through, so the same clean-up runs for both.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import signal
 import sys
