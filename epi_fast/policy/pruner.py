@@ -27,6 +27,7 @@ from ..distributed import is_ddp, rank_zero_for
 from ..indicator import IndicatorBank
 from ..layout import unwrap_model
 from ..surgery import count_ops, prune
+from ..targets import DEFAULT_MAX_LAYER_RATIO
 from ..surgery.optimizer import check_optimizer_holds_model
 from .config import PrunerConfig
 from .decision import LatePruneWarning, late_prune_message, prune_decision
@@ -37,7 +38,10 @@ __all__ = ["EPIPruner", "CRITERIA", "GRADIENT_CRITERIA", "default_tau"]
 # The built-in criterion names (0.1 exported these tuples; the registry is the source).
 CRITERIA = criterion_names()
 GRADIENT_CRITERIA = gradient_criterion_names()
-_STATE_VERSION = 2
+_STATE_VERSION = 3
+# What the selection rule was before version 3 (0.1 and 0.2): channels, no per-layer limit, no
+# rounding. A state from then is read with these, so a pruner built with other settings is told.
+_RULE_BEFORE_V3 = {"target": "channels", "max_layer_ratio": 1.0, "round_to": None}
 
 
 def default_tau(criterion) -> float:
@@ -54,7 +58,7 @@ class EPIPruner:
             `.module`; see "Distributed" below).
         optimizer: its optimizer; at the prune its state (momentum, Adam moments) is cut down to
             the surviving channels. May be None; when given it must hold the model's parameters.
-        ratio: the target prune ratio in (0, 1): the fraction of prunable group neurons removed.
+        ratio: the target prune ratio in (0, 1): the fraction of `target` removed.
         example_inputs: what the model is called with (shape matters, values do not); used to
             trace the channel dependencies and to count FLOPs.
         criterion: a name ("magnitude": BN |gamma| where a BatchNorm follows, filter L2
@@ -68,6 +72,13 @@ class EPIPruner:
         deadline_epoch: prune after this many epochs if EPI has not fired by then
             (`prune_reason` = "deadline"); None = never force it.
         min_keep: neurons every group keeps at any ratio (never empty a layer).
+        target: what `ratio` is a fraction of: "channels" (group neurons, the paper's meaning),
+            "params" or "flops" (of the model's parameters or FLOPs, met within 0.01).
+        max_layer_ratio: at most floor(max_layer_ratio * width) channels of one layer go (a
+            float in (0, 1] or a mapping from layer name to one); the default 0.9 keeps at
+            least ceil(0.1 * width) of every layer; 1.0 is the paper's setting.
+        round_to: every pruned layer keeps a multiple of it (or its whole width if narrower).
+            EPI tracks the structures of this same target, limits and rounding.
         ignored_layers: modules or names whose output channels are never pruned.
         reduce: how the channels coupled into one group neuron (a residual add) combine into
             its score: None takes the criterion's default ("mean" for magnitude criteria,
@@ -102,6 +113,9 @@ class EPIPruner:
         min_keep: int = 1,
         ignored_layers: Sequence[Any] = (),
         reduce: Optional[str] = None,
+        target: str = "channels",
+        max_layer_ratio: Any = DEFAULT_MAX_LAYER_RATIO,
+        round_to: Optional[int] = None,
         *,
         total_epochs: Optional[int] = None,
         taylor_mode: Optional[str] = None,
@@ -110,7 +124,8 @@ class EPIPruner:
         self.config = PrunerConfig.build(
             ratio, criterion=criterion, window=window, tau=tau, patience=patience, track_ratios=track_ratios,
             deadline_epoch=deadline_epoch, min_keep=min_keep, ignored_layers=ignored_layers, reduce=reduce,
-            total_epochs=total_epochs, taylor_mode=taylor_mode,
+            total_epochs=total_epochs, taylor_mode=taylor_mode, target=target, max_layer_ratio=max_layer_ratio,
+            round_to=round_to,
         )
         self._wrapper = model if is_ddp(model) else None
         self.module: nn.Module = unwrap_model(model)
@@ -358,6 +373,9 @@ class EPIPruner:
             ignored_layers=self.config.ignored_layers,
             layout=tracker.layout,
             reduce=self.reduce,
+            target=self.config.target,
+            max_layer_ratio=self.config.max_layer_ratio,
+            round_to=self.config.round_to,
         )
         self._pruned = True
         self._prune_epoch = self._epoch
@@ -382,18 +400,21 @@ class EPIPruner:
 
 
 def _upgrade_state(state: Dict[str, Any]) -> Dict[str, Any]:
-    """A state_dict of this version, from this version or 0.1's (version 1)."""
+    """A state_dict of this version, from this version, 0.2's (version 2) or 0.1's (version 1)."""
     version = state.get("version")
     if version == _STATE_VERSION:
         return state
+    if version == 2:
+        return {**state, "version": _STATE_VERSION, "config": {**_RULE_BEFORE_V3, **state["config"]}}
     if version != 1:
-        raise ValueError(f"pruner state version {version!r} is not supported (expected 1 or {_STATE_VERSION})")
+        raise ValueError(f"pruner state version {version!r} is not supported (expected 1 to {_STATE_VERSION})")
     cfg = dict(state["config"])
     mode = cfg.pop("taylor_mode", "square")
     crit = get_criterion(cfg["criterion"])
     if crit.needs_gradients:
         crit = type(crit)(mode)
     cfg["criterion_config"] = crit.config()
+    cfg = {**_RULE_BEFORE_V3, **cfg}
     ratios = cfg["ratios"]
     bank = {"ratios": list(ratios), "indicators": list(state["indicators"])}
     tracker = None

@@ -22,9 +22,9 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from .. import ops
 from ..indicator import IndicatorBank
 from ..layout import group_layout
+from ..targets import Selector
 from .config import PrunerConfig
 
 __all__ = ["EpochRecord", "StructureTracker"]
@@ -56,6 +56,10 @@ class StructureTracker:
         self.criterion = config.criterion
         self.sync = sync
         self.layout = group_layout(module, example_inputs, ignored_layers=config.ignored_layers)
+        # The prune's own selection rule (target, limits, rounding): EPI watches the very
+        # structures that the prune would cut.
+        self.selector = Selector(self.layout, config.target, config.min_keep, config.max_layer_ratio,
+                                 config.round_to, example_inputs)
         self.bank = IndicatorBank(config.ratios, window=config.window, tau=config.tau, patience=config.patience)
         self.accumulator = self.criterion.accumulator(self.layout) if self.criterion.needs_gradients else None
         self.epoch = 0
@@ -121,9 +125,8 @@ class StructureTracker:
         return scores
 
     def _masks_counts(self, scores: torch.Tensor):
-        masks, _, groups = ops.global_masks_counts(scores, list(self.config.ratios), self.layout.group_sizes,
-                                                   self.config.min_keep)
-        return masks, self.layout.structure_from_counts(groups)
+        chosen = self.selector.select(scores, list(self.config.ratios))
+        return chosen.masks, self.layout.structure_from_counts(chosen.counts)
 
     def _observe(self, scores: torch.Tensor) -> EpochRecord:
         masks, counts = self._masks_counts(scores)

@@ -21,10 +21,11 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from .. import ops
 from .._args import check_int, check_ratio
 from ..criteria import get_criterion
 from ..layout import GroupLayout, group_layout, unwrap_model
+from ..targets import DEFAULT_MAX_LAYER_RATIO, Selector
+from ..targets.costs import measured_flops
 from .counting import count_ops
 from .optimizer import check_optimizer_for, gather, remap_optimizer
 
@@ -52,13 +53,23 @@ def prune(
     ignored_layers=(),
     layout: Optional[GroupLayout] = None,
     reduce: Optional[str] = None,
+    target: str = "channels",
+    max_layer_ratio: Any = DEFAULT_MAX_LAYER_RATIO,
+    round_to: Optional[int] = None,
 ) -> dict:
-    """Remove the lowest-scoring fraction `ratio` of the model's group neurons, in place.
+    """Remove the lowest-scoring part of the model's group neurons, in place.
 
-    Ratio semantics: a ratio is the fraction of prunable group neurons removed globally
-    (k = floor(ratio * N + 0.5) of the N neurons of `layout.group_sizes`), lowest scores first,
-    with at least `min_keep` neurons kept in every group. A group neuron is one output channel
-    of every layer it couples (residual adds, depthwise convs, concatenations).
+    target: what `ratio` is a fraction of. "channels" (the paper's meaning): k = floor(ratio *
+    N + 0.5) of the N prunable group neurons are removed globally, lowest scores first.
+    "params" / "flops": the cut in that same order that removes the fraction `ratio` of the
+    model's parameters (numel) or FLOPs (FlopCounterMode, on example_inputs), within 0.01, or a
+    ValueError naming the nearest reachable fractions. A group neuron is one output channel of
+    every layer it couples (residual adds, depthwise convs, concatenations).
+    min_keep / max_layer_ratio: every group keeps at least min_keep neurons, and at most
+    floor(max_layer_ratio * width) channels of one layer go (a float in (0, 1], or a mapping
+    from layer name to one; coupled layers take the smallest). The default, 0.9, keeps at least
+    ceil(0.1 * width) channels of every layer; max_layer_ratio=1.0 is the paper's rule.
+    round_to: every pruned layer keeps a multiple of it (or its whole width when narrower).
 
     criterion: a name or an `epi_fast.criteria.Criterion`; a weight criterion ("l2", "l1",
     "bn", "magnitude", ...) scores the current weights, combining member channels with
@@ -71,9 +82,10 @@ def prune(
     compared with the layout's structure for the kept neurons; a mismatch undoes the prune
     and raises RuntimeError.
 
-    Returns a report: ratio, criterion, params/flops/macs before and after, layers and kept
-    (per-layer output channels after), channels_before, groups_pruned, neurons_removed,
-    channels_removed. Raises ValueError/TypeError before touching anything on bad input; on
+    Returns a report: ratio, criterion, target, requested (= ratio) and achieved (the fraction
+    of the target quantity removed, measured on the pruned model), params/flops/macs before
+    and after, layers and kept (per-layer output channels after), channels_before,
+    groups_pruned, neurons_removed, channels_removed. Raises ValueError/TypeError before touching anything on bad input; on
     any failure the model and optimizer are left unchanged.
     """
     model = unwrap_model(model)
@@ -88,11 +100,12 @@ def prune(
         layout = group_layout(model, example_inputs, ignored_layers=ignored_layers)
     else:
         _check_layout(layout, model)
+    selector = Selector(layout, target, min_keep, max_layer_ratio, round_to, example_inputs)
     _warn_untraced(layout)
-    keep = _keep_mask(layout, crit, scores, ratio, min_keep, reduce)
+    keep = _keep_mask(layout, crit, scores, ratio, selector, reduce)
     _check_optimizer(optimizer, layout, keep)
 
-    before = count_ops(model, example_inputs)
+    before = count_ops(model, example_inputs, measured_flops(layout, example_inputs))
     channels_before = list(layout.layer_channels().values())
     groups_pruned = sum(1 for g, o in zip(layout.groups, layout.offsets) if not bool(keep[o:o + g.size].all()))
     layers = list(layout.layers)
@@ -108,18 +121,29 @@ def prune(
         if snapshot is not None:
             snapshot.restore()
         raise
+    neurons_removed = int((~keep).sum())
+    achieved = {
+        "channels": neurons_removed / layout.num_neurons,
+        "params": 1.0 - after["params"] / before["params"],
+        "flops": 1.0 - after["flops"] / max(before["flops"], 1),
+    }[selector.target]
     return {
         "ratio": ratio,
         "criterion": crit.name,
         "scores": "criterion" if scores is None else "given",
+        "target": selector.target,
+        "requested": ratio,
+        "achieved": achieved,
         "min_keep": min_keep,
+        "max_layer_ratio": selector.max_layer_ratio,
+        "round_to": selector.round_to,
         **{f"{key}_{when}": sizes[key] for key in ("params", "flops", "macs")
            for when, sizes in (("before", before), ("after", after))},
         "layers": layers,
         "channels_before": channels_before,
         "kept": kept,
         "neurons": layout.num_neurons,
-        "neurons_removed": int((~keep).sum()),
+        "neurons_removed": neurons_removed,
         "groups": len(layout.groups),
         "groups_pruned": groups_pruned,
         "channels_removed": int(sum(channels_before) - sum(kept)),
@@ -137,16 +161,12 @@ def _warn_untraced(layout: GroupLayout) -> None:
         )
 
 
-def _keep_mask(layout: GroupLayout, crit, scores, ratio: float, min_keep: int, reduce: str) -> torch.Tensor:
-    """bool [N] on the host: the neurons kept at `ratio`, from `scores` or the criterion's."""
-    n = layout.num_neurons
+def _keep_mask(layout: GroupLayout, crit, scores, ratio: float, selector: Selector, reduce: str) -> torch.Tensor:
+    """bool [N] on the host: the neurons the selection rule keeps at `ratio`, from `scores` or
+    the criterion's."""
     if scores is None:
         scores = crit.group_scores(layout, reduce)
-    elif not isinstance(scores, torch.Tensor) or scores.dim() != 1 or scores.numel() != n:
-        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise ValueError(f"scores must be a 1-D tensor of the layout's {n} group neurons, got {shape}")
-    masks, _ = ops.global_masks(scores, ratio, segment_sizes=layout.group_sizes, min_keep=min_keep)
-    return masks[0].cpu()
+    return selector.select(scores, [ratio]).masks[0].cpu()
 
 
 def _check_structure(layers, kept, expected) -> None:

@@ -43,7 +43,8 @@ def run_branch(setup: UnitSetup, run: DenseRun, ratio: float, e: int) -> Dict[st
     torch.set_rng_state(st["torch_rng"])
     t0 = time.perf_counter()
     rep = prune(m, ratio, setup.example, criterion=config.criterion, scores=run.scores[e], optimizer=o,
-                min_keep=config.min_keep, reduce=config.reduce)
+                min_keep=config.min_keep, reduce=config.reduce, target=config.target,
+                max_layer_ratio=config.max_layer_ratio, round_to=config.round_to)
     prune_sec = time.perf_counter() - t0
     secs, top1_curve, loss = [], [], None
     for _ in range(e + 1, T + 1):

@@ -108,11 +108,12 @@ def unit_path(out: str, cfg: Dict[str, Any]) -> str:
 def pruner_config(cfg: Dict[str, Any]):
     """The `PrunerConfig` of a unit: its first ratio the target, the others tracked, its
     criterion, window, patience and group reduction; tau the criterion's own; no deadline (the
-    protocol applies the deadline itself, with `prune_epoch_for`, to the finished curve)."""
+    protocol applies the deadline itself, with `prune_epoch_for`, to the finished curve). The
+    paper's rule: ratios count channels and no per-layer limit applies (max_layer_ratio=1.0)."""
     from epi_fast.policy.config import PrunerConfig
 
     ratios = list(cfg["ratios"])
     crit = cfg["criterion"]
     criterion(crit)  # a protocol criterion name
     return PrunerConfig.build(ratios[0], criterion=CRITERIA[crit], window=cfg["window"], patience=cfg["patience"],
-                              track_ratios=ratios[1:], reduce=cfg["reduce"][crit])
+                              track_ratios=ratios[1:], reduce=cfg["reduce"][crit], max_layer_ratio=1.0)

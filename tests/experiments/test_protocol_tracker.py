@@ -37,7 +37,8 @@ def pruner_run(setup: UnitSetup) -> EPIPruner:
     sched = tr.make_scheduler(opt, cfg["epochs"], setup.steps)
     gen = torch.Generator().manual_seed(cfg["seed"])
     pruner = EPIPruner(model, opt, cfg["ratios"][0], setup.example, criterion=crit, window=cfg["window"],
-                       patience=cfg["patience"], track_ratios=cfg["ratios"][1:], reduce=REDUCE[crit])
+                       patience=cfg["patience"], track_ratios=cfg["ratios"][1:], reduce=REDUCE[crit],
+                       max_layer_ratio=1.0)
     bs, x, y = TRAIN["batch_size"], setup.train.x, setup.train.y
     for _ in range(cfg["epochs"]):
         model.train()

@@ -66,6 +66,13 @@ def test_the_decision_rules():
     assert "only 2 epochs left" in late_prune_message(28, 30)
 
 
+def test_a_checkpoint_of_0_1_under_the_new_default_limit_is_refused_by_name():
+    saved = torch.load(os.path.join(DATA, "pruner_v1_magnitude.pt"), weights_only=False)
+    model, opt, pruner = make(criterion="magnitude", track_ratios=(0.3,), deadline_epoch=7, tau=0.99, reduce="sum")
+    with pytest.raises(ValueError, match=r"saved with max_layer_ratio=1.0, this pruner has 0.9"):
+        pruner.load_state_dict(saved["pruner"])
+
+
 def test_a_late_prune_warns_when_the_schedule_is_known():
     model, opt, pruner = make(deadline_epoch=5, total_epochs=5)
     with pytest.warns(LatePruneWarning, match=r"pruned after epoch 5 of 5: only 0 epochs left"):
@@ -81,7 +88,8 @@ def test_a_late_prune_warns_when_the_schedule_is_known():
 @pytest.mark.parametrize("criterion", ["magnitude", "gradient"])
 def test_a_checkpoint_of_0_1_resumes_like_an_uninterrupted_run(criterion):
     # pruner_v1_*.pt: three epochs of the loop below under epi_fast 0.1 (see make_v1_states.py).
-    kw = dict(criterion=criterion, track_ratios=(0.3,), deadline_epoch=7, tau=0.99, reduce="sum")
+    # 0.1 had no per-layer limit: its state resumes under the paper's rule (max_layer_ratio=1.0).
+    kw = dict(criterion=criterion, track_ratios=(0.3,), deadline_epoch=7, tau=0.99, reduce="sum", max_layer_ratio=1.0)
     model_a, opt_a, pa = make(**kw)
     run_epochs(model_a, opt_a, pa, 1, 9)
 

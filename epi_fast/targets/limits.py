@@ -1,0 +1,94 @@
+"""Per-layer limits and hardware-friendly widths, resolved per group of a layout.
+
+- `max_layer_ratio`: at most floor(r * width) channels of one layer are removed; a float in
+  (0, 1] or a mapping from layer name to float (layers it does not name get the default);
+  coupled layers take the smallest limit among their members. It becomes a per-group minimum
+  of kept neurons, max(min_keep, C_g - floor(r_g * C_g)), which is what `global_masks`
+  protects per segment.
+- `round_to=N`: every group keeps a multiple of N neurons, or its whole width when it is
+  narrower than N; never zero. Where the limit asks for more neurons than the largest
+  multiple of N that fits, the largest multiple wins (a width of 100 with N = 8 keeps at most
+  96 whatever the limit).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Mapping, Optional, Tuple
+
+import torch
+
+from .._args import check_int, check_unit
+from ..layout import GroupLayout
+
+__all__ = ["DEFAULT_MAX_LAYER_RATIO", "TARGETS", "check_target", "check_max_layer_ratio", "check_round_to",
+           "group_minimums", "rounding_bounds"]
+
+# No layer loses more than 90% of its channels by default: every layer keeps at least
+# ceil(0.1 * width) channels, so that no layer collapses to one channel (docs/METHOD.md).
+DEFAULT_MAX_LAYER_RATIO = 0.9
+TARGETS = ("channels", "params", "flops")
+
+
+def check_target(target: Any) -> str:
+    if not isinstance(target, str) or target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+    return target
+
+
+def check_max_layer_ratio(value: Any):
+    """A float in (0, 1], or a mapping from layer name to such a float (checked per entry)."""
+    if isinstance(value, Mapping):
+        out = {}
+        for name, r in value.items():
+            if not isinstance(name, str):
+                raise TypeError(f"max_layer_ratio keys must be layer names, got {name!r}")
+            out[name] = check_unit(r, f"max_layer_ratio[{name!r}]", low_open=True, high_open=False)
+        return out
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"max_layer_ratio must be a number in (0, 1] or a mapping from layer name to one, got {value!r}")
+    return check_unit(value, "max_layer_ratio", low_open=True, high_open=False)
+
+
+def check_round_to(value: Any) -> Optional[int]:
+    return None if value is None else check_int(value, "round_to", 1)
+
+
+def _removable(ratio: float, width: int) -> int:
+    """floor(ratio * width) in float64; 1.0 allows every channel."""
+    return width if ratio >= 1.0 else int(math.floor(ratio * width))
+
+
+def group_minimums(layout: GroupLayout, min_keep: int, max_layer_ratio) -> torch.Tensor:
+    """int64 [G]: the fewest neurons each group may keep under `min_keep` and the limits."""
+    default = DEFAULT_MAX_LAYER_RATIO
+    by_name: Mapping[str, float] = {}
+    if isinstance(max_layer_ratio, Mapping):
+        by_name = max_layer_ratio
+        known = dict(layout.model.named_modules())
+        layers = {mem.name for g in layout.groups for mem in g.members if mem.kind == "out"}
+        for name in by_name:
+            if name not in known:
+                raise ValueError(f"max_layer_ratio names {name!r}, which is not a module of the model")
+            if name not in layers:
+                raise ValueError(f"max_layer_ratio names {name!r}, which is not a prunable layer (its output "
+                                 f"channels are not pruned)")
+    else:
+        default = max_layer_ratio
+    out = []
+    for g in layout.groups:
+        # Coupled layers: the smallest limit among the group's layers that the mapping names.
+        named = [by_name[m.name] for m in g.members if m.kind == "out" and m.name in by_name]
+        ratio = min(named) if named else default
+        out.append(min(g.size, max(min_keep, g.size - _removable(ratio, g.size))))
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def rounding_bounds(sizes: torch.Tensor, minimums: torch.Tensor, round_to: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(lowest, highest) kept count per group that `round_to` allows: multiples of round_to
+    between the limit and the width (the width itself for a group narrower than round_to)."""
+    top = (sizes // round_to) * round_to
+    low = torch.minimum(((minimums + round_to - 1) // round_to) * round_to, top)
+    narrow = sizes < round_to
+    return torch.where(narrow, sizes, low), torch.where(narrow, sizes, top)
