@@ -26,6 +26,7 @@ from ..criteria import get_criterion
 from ..layout import GroupLayout, group_layout, unwrap_model
 from ..targets import DEFAULT_MAX_LAYER_RATIO, Selector
 from ..targets.costs import measured_flops
+from ..targets.flops import FlopProbe
 from .counting import count_ops
 from .optimizer import check_optimizer_for, gather, remap_optimizer
 
@@ -96,8 +97,12 @@ def prune(
     reduce = crit.reduction(reduce)
     if scores is None and crit.needs_gradients:
         crit.group_scores(None, reduce)  # raises: a gradient criterion needs scores=
+    probe = None
     if layout is None:
-        layout = group_layout(model, example_inputs, ignored_layers=ignored_layers)
+        # The dense model's FLOPs are counted in the trace's own forward pass (eval mode,
+        # autograd on: what measure_flops runs), not in a second pass.
+        probe = FlopProbe(model)
+        layout = group_layout(model, example_inputs, ignored_layers=ignored_layers, observe=probe)
     else:
         _check_layout(layout, model)
     selector = Selector(layout, target, min_keep, max_layer_ratio, round_to, example_inputs)
@@ -105,7 +110,10 @@ def prune(
     keep = _keep_mask(layout, crit, scores, ratio, selector, reduce)
     _check_optimizer(optimizer, layout, keep)
 
-    before = count_ops(model, example_inputs, measured_flops(layout, example_inputs))
+    measured = measured_flops(layout, example_inputs)  # the FLOPs target's count, if it took one
+    if measured is None and probe is not None:
+        measured = probe.count
+    before = count_ops(model, example_inputs, measured)
     channels_before = list(layout.layer_channels().values())
     groups_pruned = sum(1 for g, o in zip(layout.groups, layout.offsets) if not bool(keep[o:o + g.size].all()))
     layers = list(layout.layers)
