@@ -2,7 +2,8 @@
 
 Each group kind removes its own neurons (conv channels through Torch-Pruning's dependency
 graph). Which entries of each parameter survive is learned, not assumed: just before pruning,
-every affected parameter is made to hold its own flat indices (float64, exact up to 2**53);
+every affected parameter is made to hold its own flat indices (float32, exact below 2**24,
+or float64 for a larger parameter, exact below 2**53);
 after the slicing, whatever index mapping was applied (flatten, concat offsets, depthwise and
 grouped convs), each new parameter holds the indices of its surviving entries. The original
 values, gradients and optimizer state are gathered with those indices.
@@ -301,9 +302,9 @@ def _cut(model, layout, keep, optimizer) -> Optional["_Snapshot"]:
     snapshot = _Snapshot(model, params, optimizer, dg, layout)
     try:
         for _, _, p in params:
-            # Grads are set aside: tp would slice them into the index-valued float64 parameters.
+            # Grads are set aside: tp would slice them into the index-valued parameters.
             p.grad = None
-            p.data = torch.arange(p.numel(), dtype=torch.float64, device=p.device).view(p.shape)
+            p.data = _flat_indices(p)
         for group, pruned in work:
             _prune_group(dg, group, pruned)
         _rebuild_parameters(params, snapshot, optimizer)
@@ -315,9 +316,27 @@ def _cut(model, layout, keep, optimizer) -> Optional["_Snapshot"]:
     return snapshot
 
 
+# Whole numbers are exact in float32 below 2**24, in float64 below 2**53. Half the bytes of
+# float64 for every parameter that fits: the index tensors are written, sliced by Torch-Pruning
+# and read back once per prune, for every parameter of every touched layer.
+_FLOAT32_EXACT = 1 << 24
+
+
+def _flat_indices(p: torch.Tensor) -> torch.Tensor:
+    """p's flat indices 0 .. numel-1 in p's shape, as floats that hold them exactly."""
+    dtype = torch.float32 if p.numel() <= _FLOAT32_EXACT else torch.float64
+    return torch.arange(p.numel(), dtype=dtype, device=p.device).view(p.shape)
+
+
+def _as_index(values: torch.Tensor) -> torch.Tensor:
+    """The exact whole numbers of `_flat_indices` (after slicing) as an index tensor: int32
+    from float32 (index_select takes either), int64 from float64."""
+    return values.to(torch.int32 if values.dtype == torch.float32 else torch.int64)
+
+
 def _check_no_stray_parameters(model, snapshot) -> None:
     # A parameter that tp replaced although no layout member owns it would escape the
-    # optimizer remapping (and keep float64 indices if it had been swapped): refuse the result.
+    # optimizer remapping (and keep index values if it had been swapped): refuse the result.
     known = {id(p) for _, _, params, _, _ in snapshot.modules for p in params.values() if p is not None}
     known |= snapshot.new_ids
     for name, p in model.named_parameters():
@@ -335,7 +354,7 @@ def _rebuild_parameters(params, snapshot, optimizer) -> None:
             old.data, old.grad = data, grad
             continue
         if id(old) not in replaced:
-            idx = current.detach().reshape(-1).long()  # exact: whole numbers below 2**53
+            idx = _as_index(current.detach().reshape(-1))
             new = nn.Parameter(gather(data, idx, current.shape), requires_grad=old.requires_grad)
             if grad is not None:
                 new.grad = gather(grad, idx, current.shape)

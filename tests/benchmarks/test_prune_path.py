@@ -1,6 +1,7 @@
 """The prune path made faster for the cost benchmark (benchmarks/costs, part C) computes what it
 computed before: the dense FLOPs counted inside the dependency-graph trace's forward pass are
-the FLOPs `measure_flops` counts in a pass of its own."""
+the FLOPs `measure_flops` counts in a pass of its own, and the cut's narrower index tensors give
+the same pruned parameters and optimizer state."""
 
 from __future__ import annotations
 
@@ -87,3 +88,25 @@ def test_a_model_that_fails_inside_the_traced_count_is_reported_as_before():
 
     with pytest.raises(ValueError, match="cannot run on example_inputs"):
         prune(Broken(), 0.5, torch.randn(1, 4))
+
+
+def test_the_cut_gathers_the_same_entries_with_narrow_and_wide_indices(monkeypatch):
+    import epi_fast.surgery.removal as removal
+
+    torch.manual_seed(0)
+    dense = ResNetSmall()
+    x = torch.randn(2, 3, 16, 16)
+    results = []
+    for exact in (removal._FLOAT32_EXACT, 0):  # float32 indices where they fit; float64 everywhere
+        monkeypatch.setattr(removal, "_FLOAT32_EXACT", exact)
+        model = copy.deepcopy(dense)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        model(x).sum().backward()
+        opt.step()
+        prune(model, 0.5, x, optimizer=opt)
+        state = [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+        results.append(([p.detach().clone() for p in model.parameters()], state))
+    (p32, s32), (p64, s64) = results
+    assert len(p32) == len(p64)
+    for a, b in zip(p32 + s32, p64 + s64):
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
