@@ -33,7 +33,7 @@ class LatencyConfig:
     batches: List[int] = field(default_factory=lambda: [1, 32])
     # rounds[model][batch]; every round times each variant once.
     rounds: Dict[str, Dict[int, int]] = field(default_factory=lambda: {
-        "resnet50": {1: 15, 32: 5}, "mobilenet_v2": {1: 25, 32: 7}, "vit_b_16": {1: 7, 32: 3}})
+        "resnet50": {1: 21, 32: 7}, "mobilenet_v2": {1: 31, 32: 9}, "vit_b_16": {1: 9, 32: 5}})
     warmup: int = 1
     input_size: int = 224
 

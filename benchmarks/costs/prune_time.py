@@ -32,7 +32,7 @@ GOAL = 1.2  # epi_fast's time at most this times Torch-Pruning's
 @dataclass
 class PruneConfig:
     models: List[str] = field(default_factory=lambda: ["resnet50", "vit_b_16"])
-    rounds: dict = field(default_factory=lambda: {"resnet50": 15, "vit_b_16": 9})
+    rounds: dict = field(default_factory=lambda: {"resnet50": 25, "vit_b_16": 15})
     warmup: int = 1
     input_size: int = 224
 
