@@ -51,12 +51,12 @@ def parse_args(argv=None):
 
 def configs(mode: str):
     if mode == "full":
-        return latency.LatencyConfig(), training.TrainingConfig(), prune_time.PruneConfig()
+        return latency.LatencyConfig(), training.TrainingConfig(round_to_runs=[8]), prune_time.PruneConfig()
     if mode == "quick":
         return (
             latency.LatencyConfig(models=["resnet50", "mobilenet_v2"], ratios=[0.5],
                                   rounds={"resnet50": {1: 5, 32: 2}, "mobilenet_v2": {1: 7, 32: 3}}),
-            training.TrainingConfig(epochs=8, deadline_epoch=7),
+            training.TrainingConfig(epochs=8, deadline_epoch=7, round_to_runs=[8]),
             prune_time.PruneConfig(models=["resnet50"], rounds={"resnet50": 3}),
         )
     # smoke: the in-repo tiny models, seconds each

@@ -108,6 +108,7 @@ def _params(row):
 def _md_training(r: dict) -> list:
     c = r["config"]
     d = r["dense"]
+    kinds = sorted(d.get("step_op_s", {}), key=lambda k: -d["step_op_s"][k])
     lines = [f"- ResNetSmall widths {c['widths']}, blocks {c['blocks']}, on digits upsampled to "
              f"{c['input_size']}x{c['input_size']} ({r['train_samples']} training images, {r['steps_per_epoch']} steps "
              f"of batch {c['batch']} per epoch), {c['epochs']} epochs, SGD lr {c['lr']} (warm-up {c['warmup_epochs']} "
@@ -118,7 +119,12 @@ def _md_training(r: dict) -> list:
     if "dense_twin" in r:
         lines.append(f"- control: the same dense run a second time, side by side: {r['dense_twin']['total_s']:.1f} s "
                      f"= {r['dense_twin']['wall_ratio']:.3f}x the dense run (the noise floor of the wall-clock ratios)")
-    lines += ["", "| criterion | tau | prune epoch (reason) | wall s | wall / dense | speed-up | training FLOPs / dense "
+    if c.get("round_to_runs"):
+        lines.append(f"- the runs named '..., round_to=N' prune with round_to N (every pruned layer keeps a multiple of "
+                     f"N channels); the others with the default (None)")
+    for name, f in r.get("failed_runs", {}).items():
+        lines.append(f"- **{name} stopped** after {f['epochs_done']} epochs: {f['error']}")
+    lines += ["", "| run | tau | prune epoch (reason) | wall s | wall / dense | speed-up | training FLOPs / dense "
               "| predicted wall / dense | measured / predicted | step FLOPs f | step time / dense (final nets) | "
               "epoch time after prune / dense | EPI's own work | kept output channels | top-1 |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -134,8 +140,16 @@ def _md_training(r: dict) -> list:
                  f"{c['batch']}) timed side by side after training, median of {c['step_rounds']} in-round ratios; "
                  "kept output channels: the pruned network's conv layers in model order (dense: "
                  f"{_dense_widths(c)})")
-    lines.append(f"- the paper reports a {training.PAPER_SPEEDUP}x training speed-up; the absolute speed-ups above are "
-                 "dense wall clock / EPI wall clock on this workload")
+    lines += ["", "Time of one training step by kind of aten op (forward, backward and optimizer ops, timed one by "
+              "one under a dispatch mode), the final networks; FLOPs ratio of the convolutions beside:", "",
+              "| run | " + " | ".join(kinds) + " | conv FLOPs / dense |", "| --- |" + " --- |" * (len(kinds) + 1)]
+    lines.append("| dense (ms) | " + " | ".join(f"{d['step_op_s'].get(k, 0) * 1e3:.1f}" for k in kinds) + " | 1.000 |")
+    for name, x in r["runs"].items():
+        lines.append(f"| {name} (/ dense) | " + " | ".join(
+            f"{x['step_op_ratio'][k]:.3f}" if k in x["step_op_ratio"] else "-" for k in kinds)
+            + f" | {x['conv_flops_ratio']:.3f} |")
+    lines += ["", f"- the paper reports a {training.PAPER_SPEEDUP}x training speed-up; the absolute speed-ups above "
+              "are dense wall clock / EPI wall clock on this workload"]
     return lines
 
 

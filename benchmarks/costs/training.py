@@ -49,6 +49,9 @@ class TrainingConfig:
     ratio: float = 0.5
     target: str = "flops"
     criteria: List[str] = field(default_factory=lambda: ["magnitude", "gradient"])
+    # More EPI runs with round_to (every pruned layer keeps a multiple of it): the same criteria
+    # with hardware-friendly widths, beside the runs above (which use the default, None).
+    round_to_runs: List[int] = field(default_factory=list)
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -86,10 +89,12 @@ def build_model(cfg: TrainingConfig):
 class Run:
     """One training run; `epoch()` trains one epoch and times it."""
 
-    def __init__(self, name: str, criterion: Optional[str], cfg: TrainingConfig, x, y, example, steps: int):
+    def __init__(self, name: str, criterion: Optional[str], cfg: TrainingConfig, x, y, example, steps: int,
+                 round_to: Optional[int] = None):
         from epi_fast.app.training import make_optimizer, make_scheduler, seed_everything
 
-        self.name, self.criterion, self.cfg = name, criterion, cfg
+        self.name, self.criterion, self.cfg, self.round_to = name, criterion, cfg, round_to
+        self.error: Optional[str] = None
         self.x, self.y, self.steps = x, y, steps
         seed_everything(cfg.seed)
         self.model = build_model(cfg)
@@ -105,7 +110,7 @@ class Run:
 
             t0 = time.perf_counter()
             self.pruner = EPIPruner(self.model, self.opt, cfg.ratio, example, criterion=criterion, target=cfg.target,
-                                    deadline_epoch=cfg.deadline_epoch, total_epochs=cfg.epochs)
+                                    round_to=round_to, deadline_epoch=cfg.deadline_epoch, total_epochs=cfg.epochs)
             self.epi_s["construct"] = time.perf_counter() - t0
             self._time_prune()
 
@@ -192,6 +197,54 @@ def _step_fn(r: Run, x, y):
     return step
 
 
+# How the time of one training step splits, by what its aten ops do (forward and backward alike).
+OP_KINDS = (("convolution", ("convolution", "conv2d", "mkldnn_conv")),
+            ("batch norm", ("batch_norm",)),
+            ("matrix products", ("addmm", "mm", "bmm", "linear")))
+
+
+def _kind(op_name: str) -> str:
+    for kind, keys in OP_KINDS:
+        if any(k in op_name for k in keys):
+            return kind
+    return "other (activations, adds, optimizer, copies)"
+
+
+def step_op_times(r: Run, x, y, steps: int = 3) -> dict:
+    """Seconds per training step spent in each kind of aten op (OP_KINDS), timed op by op under
+    a TorchDispatchMode (forward, backward and the optimizer's ops all pass through it), on a
+    copy of the final network; the mode's own overhead (a few microseconds per op) is included."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    times: dict = {}
+
+    class OpTimer(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            t0 = time.perf_counter()
+            out = func(*args, **(kwargs or {}))
+            kind = _kind(func.name())
+            times[kind] = times.get(kind, 0.0) + time.perf_counter() - t0
+            return out
+
+    step = _step_fn(r, x, y)
+    step(None)
+    with OpTimer():
+        for _ in range(steps):
+            step(None)
+    return {k: v / steps for k, v in times.items()}
+
+
+def _conv_flops(model, x, y) -> int:
+    """FLOPs of the convolutions (forward and backward) in one training step."""
+    from epi_fast.targets.flops import flop_counter
+
+    m = copy.deepcopy(model).train()
+    counter = flop_counter()
+    with counter:
+        F.cross_entropy(m(x), y).backward()
+    return int(sum(v for op, v in counter.get_flop_counts().get("Global", {}).items() if "convolution" in str(op)))
+
+
 def step_flops(model, x, y) -> int:
     """FLOPs of one training step's forward and backward (FlopCounterMode), on a copy."""
     from epi_fast.targets.flops import flop_counter
@@ -214,10 +267,21 @@ def run(cfg: TrainingConfig, log=print) -> dict:
     if cfg.dense_twin:
         runs.append(Run("dense twin", None, cfg, xtr, ytr, example, steps))
     runs += [Run(c, c, cfg, xtr, ytr, example, steps) for c in cfg.criteria]
+    runs += [Run(f"{c}, round_to={n}", c, cfg, xtr, ytr, example, steps, round_to=n)
+             for n in cfg.round_to_runs for c in cfg.criteria]
+    failed = []
     for e in range(cfg.epochs):
         shift = e % len(runs)
         for r in runs[shift:] + runs[:shift]:
-            r.epoch()
+            try:
+                r.epoch()
+            except ValueError as err:  # e.g. a target this epoch's scores cannot reach: recorded, run dropped
+                if r.pruner is None:
+                    raise
+                r.error = f"epoch {e + 1}: {type(err).__name__}: {' '.join(str(err).split())}"
+                log(f"  {r.name}: stopped, {r.error}")
+                failed.append(r)
+        runs = [r for r in runs if r.error is None]
         pruned = [f"{r.name}@{r.pruner.prune_epoch}" for r in runs if r.pruner is not None and r.pruner.pruned]
         log(f"  epoch {e + 1}/{cfg.epochs}: " + ", ".join(f"{r.name} {r.epoch_s[-1]:.2f} s" for r in runs)
             + (f" (pruned: {', '.join(pruned)})" if pruned else ""))
@@ -236,8 +300,12 @@ def run(cfg: TrainingConfig, log=print) -> dict:
         "dense": {"total_s": dense.total_s, "epoch_s": dense.epoch_s, "step_flops": f_dense,
                   "params": sum(p.numel() for p in dense.model.parameters()), "top1": dense.top1(xte, yte)},
         "runs": {},
+        "failed_runs": {r.name: {"criterion": r.criterion, "round_to": r.round_to, "error": r.error,
+                                 "epochs_done": len(r.epoch_s)} for r in failed},
     }
     out["dense"]["step_s"] = steps_timed["dense"]["median_s"]
+    ops = {r.name: step_op_times(r, xb, yb) for r in [dense] + epi_runs}
+    out["dense"]["step_op_s"] = ops["dense"]
     twin = [r for r in runs if r.name == "dense twin"]
     if twin:
         out["dense_twin"] = {"total_s": twin[0].total_s, "epoch_s": twin[0].epoch_s,
@@ -257,7 +325,7 @@ def run(cfg: TrainingConfig, log=print) -> dict:
         after = r.epoch_s[tp:] if tp else []
         dense_after = dense.epoch_s[tp:] if tp else []
         row = {
-            "criterion": r.criterion, "tau": r.pruner.tau, "prune_epoch": tp, "prune_reason": r.pruner.prune_reason,
+            "criterion": r.criterion, "round_to": r.round_to, "tau": r.pruner.tau, "prune_epoch": tp, "prune_reason": r.pruner.prune_reason,
             "epochs": T, "total_s": r.total_s, "epoch_s": r.epoch_s,
             "wall_ratio": measured, "speedup": dense.total_s / r.total_s,
             "step_flops": f_pruned, "step_flops_ratio": f,
@@ -270,12 +338,15 @@ def run(cfg: TrainingConfig, log=print) -> dict:
             "step_s": steps_timed[r.name]["median_s"],
             "step_time_ratio": paired_ratio(steps_timed[r.name], steps_timed["dense"]),
             "step_rounds": steps_timed[r.name]["reps"],
+            "step_op_s": ops[r.name],
+            "step_op_ratio": {k: v / ops["dense"][k] for k, v in ops[r.name].items() if ops["dense"].get(k)},
+            "conv_flops_ratio": _conv_flops(r.model, xb, yb) / _conv_flops(dense.model, xb, yb),
             "achieved": rep.get("achieved"), "flops_before": rep.get("flops_before"), "flops_after": rep.get("flops_after"),
             "params_after": rep.get("params_after"), "kept": rep.get("kept"),
             "epi": rep.get("epi"), "top1": r.top1(xte, yte),
         }
-        out["runs"][r.criterion] = row
-        log(f"  {r.criterion}: prune epoch {tp} ({row['prune_reason']}); wall {r.total_s:.1f} s vs dense "
+        out["runs"][r.name] = row
+        log(f"  {r.name}: prune epoch {tp} ({row['prune_reason']}); wall {r.total_s:.1f} s vs dense "
             f"{dense.total_s:.1f} s = {measured:.3f}x (speed-up {row['speedup']:.2f}x); FLOPs predict {predicted:.3f}x "
             f"(f = {f:.3f}; the final step's time ratio {row['step_time_ratio']:.3f}); measured / predicted "
             f"{row['measured_over_predicted']:.3f}; EPI's own work "
@@ -285,6 +356,9 @@ def run(cfg: TrainingConfig, log=print) -> dict:
 
 def targets(result: dict) -> list:
     rows = []
+    for name, r in result.get("failed_runs", {}).items():
+        rows.append({"target": f"B: the EPI run completed ({name})", "value": f"stopped: {r['error'][:300]}",
+                     "goal": "all epochs", "status": "FAIL", "detail": f"{r['epochs_done']} epochs completed"})
     for crit, r in result["runs"].items():
         fired = r["prune_reason"] == "epi"
         note = "" if fired else f" (prune_reason {r['prune_reason']!r}: EPI did not fire by itself)"
