@@ -217,14 +217,24 @@ def plot_png(results: dict, title: str):
     if tr:
         import itertools
 
-        cum = list(itertools.accumulate(tr["dense"]["epoch_s"]))
+        dense_s = tr["dense"]["epoch_s"]
+        cum = list(itertools.accumulate(dense_s))
         ax.plot(range(1, len(cum) + 1), cum, "k-", label="dense")
+        if "dense_twin" in tr:
+            twin = list(itertools.accumulate(tr["dense_twin"]["epoch_s"]))
+            ax.plot(range(1, len(twin) + 1), twin, color="0.6", lw=0.8, label="dense twin (control)")
         for i, (crit, x) in enumerate(tr["runs"].items()):
             cum = list(itertools.accumulate(x["epoch_s"]))
             ax.plot(range(1, len(cum) + 1), cum, color=f"C{i}",
                     label=f"EPI {crit} (pruned at {x['prune_epoch']}, {x['prune_reason']})")
-            if x["prune_epoch"]:
-                ax.axvline(x["prune_epoch"], color=f"C{i}", ls=":", lw=0.8)
+            tp = x["prune_epoch"]
+            if tp:
+                # What the FLOPs predict: the dense run's epochs until the prune, then f of them.
+                pred = list(itertools.accumulate(
+                    t if e < tp else t * x["step_flops_ratio"] for e, t in enumerate(dense_s)))
+                ax.plot(range(1, len(pred) + 1), pred, color=f"C{i}", ls="--", lw=0.8)
+                ax.axvline(tp, color=f"C{i}", ls=":", lw=0.8)
+        ax.plot([], [], "k--", lw=0.8, label="dashed: predicted by FLOPs")
         ax.set_xlabel("epoch")
         ax.set_ylabel("cumulative wall clock (s)")
         ax.legend(fontsize=7)
@@ -268,3 +278,22 @@ def write_all(results: dict, out_dir: Path, stem: str) -> list:
         base.write_atomic(path, png)
         written.append(path)
     return written
+
+
+def main(argv=None) -> int:
+    """python -m benchmarks.costs.report RESULTS.json: write the markdown and the plot again from
+    a results file (e.g. after a change of the report's layout), beside it."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.costs.report", description=main.__doc__.splitlines()[0])
+    p.add_argument("json", type=Path)
+    args = p.parse_args(argv)
+    results = json.loads(args.json.read_text())
+    results["targets"] = evaluate_targets(results)
+    for path in write_all(results, args.json.parent, args.json.stem):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
