@@ -32,7 +32,8 @@ def _load(part: dict) -> str:
     q = part.get("load", {})
     return (f"1/5/15-min load average {q.get('load_at_start')} at the start (waited {q.get('waited_s')} s for "
             f"< {q.get('threshold')}" + ("" if q.get("quiet", True) else ", gave up waiting") + f"), "
-            f"{part.get('load_at_end')} at the end; {part.get('wall_s', 0):.0f} s; {part.get('finished', '?')}")
+            f"{part.get('load_at_end')} at the end; {part.get('wall_s', 0):.0f} s; {part.get('finished', '?')}"
+            + (f"; commit {part['commit']}" if part.get("commit") else ""))
 
 
 def markdown(results: dict, title: str) -> str:
@@ -42,6 +43,10 @@ def markdown(results: dict, title: str) -> str:
                  f"torch {env['torch']}, torchvision {env.get('torchvision')}, torch-pruning {env.get('torch_pruning')}, "
                  f"epi_fast {env.get('epi_fast_version')} (commit {env.get('commit')}); mode `{results['mode']}`"
                  + (f"; allocator settings {env['malloc_env']}" if env.get("malloc_env") else "; glibc malloc defaults"))
+    if results.get("kept_from_earlier_run"):
+        lines.append(f"- parts kept from an earlier run of the same mode (`--only` ran the others): "
+                     f"{', '.join(results['kept_from_earlier_run'])}; the environment above is the latest run's, "
+                     "each part's own time and load are under its heading")
     lines.append("- each part waits (at most a set time) until the 1-minute load average is below its threshold, "
                  "and records the load it ran under; the machine is shared, so absolute times move between runs "
                  "and the ratios are taken within interleaved rounds")
