@@ -220,11 +220,9 @@ def _prune(args) -> dict:
     h, w = args.input_size or ((8, 8) if arch["name"] in MODEL_NAMES else (224, 224))
     x = torch.randn(1, in_channels, h, w, generator=torch.Generator().manual_seed(args.seed))
     # reduce None: the criterion's default ("mean" for the magnitude criteria accepted here).
-    try:
-        report = prune(model, args.ratio, x, criterion=args.criterion, min_keep=args.min_keep, reduce=args.reduce,
-                       target=args.target, max_layer_ratio=args.max_layer_ratio, round_to=args.round_to)
-    except ValueError as err:  # the arguments cannot be met on this model (e.g. an unreachable ratio)
-        raise PruneUsageError(str(err)) from None
+    # A ratio these limits cannot reach on this model is a failure (exit 1), as before.
+    report = prune(model, args.ratio, x, criterion=args.criterion, min_keep=args.min_keep, reduce=args.reduce,
+                   target=args.target, max_layer_ratio=args.max_layer_ratio, round_to=args.round_to)
     _check_out(args)  # again: the file may have appeared meanwhile
     path = save_pruned(model, args.out, arch=arch)
     args.written = path

@@ -136,6 +136,8 @@ def group_layout(model: nn.Module, example_inputs, ignored_layers=()) -> GroupLa
     for s in sizes[:-1]:
         offsets.append(offsets[-1] + s)
     traced = set(trace.dg.module2node)
+    # nn.MultiheadAttention calls its out_proj's weights functionally: that is not untraced.
+    traced |= {sub for m in names if isinstance(m, nn.MultiheadAttention) for sub in m.modules()}
     shapes = {}
     for g in groups:
         for mem in g.members:

@@ -212,6 +212,9 @@ def _affected(layout: GroupLayout, keep: torch.Tensor):
     for g, _ in work:
         for mem in g.members:
             touched.add(id(mem.module))
+            if isinstance(mem.module, nn.Module):
+                # A member's own submodules are cut with it (nn.MultiheadAttention's out_proj).
+                touched.update(id(sub) for sub in mem.module.modules())
     params = []
     for module in layout.model.modules():
         for attr, p in module._parameters.items():

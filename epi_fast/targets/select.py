@@ -87,8 +87,7 @@ class Selector:
             raise ValueError(f"scores must be a 1-D tensor of the layout's {self.n} group neurons, got {shape}")
         if self.by_count:
             self._check_count(ratios)
-            if not isinstance(self._kernel_min_keep, torch.Tensor):
-                return self._by_count(scores, ratios)
+            return self._by_count(scores, ratios)
         return self._by_cost(scores, ratios)
 
     def describe(self) -> str:
@@ -170,7 +169,7 @@ class Selector:
 
         p = torch.tensor(ratios, dtype=torch.float64, device=dev)
         m = len(ratios)
-        if self.target == "channels" and self.round_to is None:  # the exact rule, for checking
+        if self.by_count:  # the kernel's rule computed here: what the tests check the two by
             j = torch.tensor([math.floor(r * n + 0.5) for r in ratios], dtype=torch.int64, device=dev)
             counts = kept(j)
             return Selection(self._masks(rank, gid, counts, d), counts, achieved(counts))
