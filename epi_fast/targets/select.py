@@ -80,7 +80,11 @@ class Selector:
         self._device_cache = {}
 
     # -- the rule -------------------------------------------------------------------------------
-    def select(self, scores: torch.Tensor, ratios: Sequence[float]) -> Selection:
+    def select(self, scores: torch.Tensor, ratios: Sequence[float], strict: bool = True) -> Selection:
+        """The structures kept at `ratios`. strict: raise when the nearest cut is further than
+        TOLERANCE from a ratio; with strict=False that nearest cut is returned (EPI's epochs after
+        the first: a ratio that was reachable at initialisation does not stop a training run
+        because the order moved; the pruner reports what it achieved)."""
         ratios = check_ratios(ratios, "ratios", allow_zero=True)
         if not isinstance(scores, torch.Tensor) or scores.dim() != 1 or scores.numel() != self.n:
             shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
@@ -88,7 +92,7 @@ class Selector:
         if self.by_count:
             self._check_count(ratios)
             return self._by_count(scores, ratios)
-        return self._by_cost(scores, ratios)
+        return self._by_cost(scores, ratios, strict)
 
     def describe(self) -> str:
         mlr = self.max_layer_ratio if not isinstance(self.max_layer_ratio, dict) else "{...}"
@@ -132,7 +136,7 @@ class Selector:
             self._device_cache[key] = d
         return self._device_cache[key]
 
-    def _by_cost(self, scores, ratios) -> Selection:
+    def _by_cost(self, scores, ratios, strict: bool = True) -> Selection:
         dev = scores.device
         d = self._on(dev)
         s = scores.to(torch.float32)
@@ -192,7 +196,8 @@ class Selector:
         pick_above = has_above & (~has_below | ((a_above - p).abs() < (p - a_below).abs()))
         counts = torch.where(pick_above[:, None], c_above, c_below)
         got = torch.where(pick_above, a_above, a_below)
-        self._check_reached(ratios, got, a_below, has_below, a_above, has_above)
+        if strict:
+            self._check_reached(ratios, got, a_below, has_below, a_above, has_above)
         return Selection(self._masks(rank, gid, counts, d), counts, got)
 
     def _round(self, counts: torch.Tensor, d) -> torch.Tensor:
