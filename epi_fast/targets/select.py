@@ -109,9 +109,9 @@ class Selector:
                 )
 
     def _by_count(self, scores, ratios) -> Selection:
+        # The per-group minimums stay on the host: the operator reads them there, without a
+        # device-to-host copy, wherever the scores are.
         min_keep = self._kernel_min_keep
-        if isinstance(min_keep, torch.Tensor):
-            min_keep = self._on(scores.device)["minimums"]
         masks, _, counts = ops.global_masks_counts(scores, ratios, self.layout.group_sizes, min_keep)
         achieved = 1.0 - counts.sum(1).to(torch.float64) / self.n
         return Selection(masks, counts, achieved)
