@@ -1,8 +1,9 @@
 // What the families' CUDA glue shares: torch tensors turned into the torch-free launch types,
-// the current stream, small host vectors copied to the device without a synchronisation.
+// the current stream, scratch, small host vectors copied to the device without a synchronisation.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/cuda/EmptyTensor.h>
 #include <ATen/ops/tensor.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -13,15 +14,6 @@
 
 namespace epi_fast {
 namespace cuda_glue {
-
-inline cuda::DType launch_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cuda::DType::Float32;
-    case at::kHalf: return cuda::DType::Float16;
-    case at::kBFloat16: return cuda::DType::BFloat16;
-    default: TORCH_CHECK_TYPE(false, "unsupported dtype ", py::dtype(t));
-  }
-}
 
 // Rows of every tensor (with its gradient, for Taylor) for a multi-tensor launch; contiguous
 // copies of strided inputs live as long as the table.
@@ -49,6 +41,15 @@ inline RowTable row_table(at::TensorList tensors, at::TensorList grads, const st
 }
 
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+// float32 scratch of `count` elements on `like`'s device (none when count is 0), from torch's
+// caching allocator on the current stream (so CUDA-graph capture takes it from the graph's pool).
+inline at::Tensor float_scratch(int64_t count, const at::Tensor& like) {
+  if (count == 0) return at::Tensor();
+  return at::detail::empty_cuda({count}, like.options().dtype(at::kFloat));
+}
+
+inline float* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
 inline at::Tensor device_vector(const std::vector<int64_t>& values, const at::Device& device) {
   // Pinned and non-blocking: the copy joins the stream without a host synchronisation (the

@@ -21,9 +21,11 @@ at::Tensor taylor_raw(at::TensorList params, at::TensorList grads, const std::ve
   cuda_glue::RowTable table = cuda_glue::row_table(params, grads, offs);
   at::Tensor raw(at::detail::empty_cuda({channels}, params[0].options().dtype(at::kFloat)));
   raw.zero_();
-  cuda::taylor_raw(table.rows.data(), static_cast<int64_t>(table.rows.size()),
-                   cuda_glue::launch_dtype(params[0].scalar_type()), raw.data_ptr<float>(),
-                   cuda_glue::current_stream());
+  const int64_t count = static_cast<int64_t>(table.rows.size());
+  const at::Tensor partials = cuda_glue::float_scratch(
+      cuda::row_sum_partials(table.rows.data(), count, static_cast<int>(params[0].element_size())), raw);
+  cuda::taylor_raw(table.rows.data(), count, cuda_glue::launch_dtype(params[0].scalar_type()), raw.data_ptr<float>(),
+                   cuda_glue::data_or_null(partials), cuda_glue::current_stream());
   return raw;
 }
 
