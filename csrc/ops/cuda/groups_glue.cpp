@@ -21,8 +21,8 @@ at::Tensor group_reduce_cuda(const at::Tensor& scores_in, const at::Tensor& grou
   const at::Tensor scores = scores_in.contiguous(), ptr = group_ptr_in.contiguous(), idx = member_idx_in.contiguous();
   const int64_t groups = ptr.numel() - 1;
   at::Tensor out(at::detail::empty_cuda({groups}, scores.options()));
-  cuda::group_reduce(scores.data_ptr<float>(), ptr.data_ptr<int64_t>(), idx.data_ptr<int64_t>(), groups, red,
-                     out.data_ptr<float>(), cuda_glue::current_stream());
+  cuda::group_reduce(scores.data_ptr<float>(), ptr.data_ptr<int64_t>(), idx.data_ptr<int64_t>(), groups,
+                     idx.numel(), red, out.data_ptr<float>(), cuda_glue::current_stream());
   test_hooks::at("group_reduce", "written");
   return out;
 }
