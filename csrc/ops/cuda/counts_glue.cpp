@@ -35,6 +35,7 @@ at::Tensor layer_counts(const at::Tensor& masks_in, at::IntArrayRef segment_size
 
 at::Tensor layer_counts_cuda(const at::Tensor& masks, at::IntArrayRef segment_sizes) {
   test_hooks::enter("layer_counts");
+  cuda_glue::check_no_pending_error("layer_counts");
   at::Tensor counts = cuda_glue::layer_counts(masks, segment_sizes);
   test_hooks::at("layer_counts", "written");
   return counts;
@@ -43,6 +44,7 @@ at::Tensor layer_counts_cuda(const at::Tensor& masks, at::IntArrayRef segment_si
 std::tuple<at::Tensor, at::Tensor> mask_overlap_cuda(const at::Tensor& a_in, const at::Tensor& b_in,
                                                      at::IntArrayRef segment_sizes) {
   test_hooks::enter("mask_overlap");
+  cuda_glue::check_no_pending_error("mask_overlap");
   check_mask_pair(a_in, b_in);
   c10::cuda::CUDAGuard guard(a_in.device());
   const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();

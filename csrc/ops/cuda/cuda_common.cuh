@@ -19,7 +19,10 @@ inline void check(cudaError_t err, const char* what) {
     throw std::runtime_error(std::string("epi_fast CUDA error in ") + what + ": " + cudaGetErrorString(err));
 }
 
-// Throws std::runtime_error with the CUDA error text if the last launch failed.
+// Throws std::runtime_error with the CUDA error text if the launch just made failed. The runtime
+// keeps one pending error per host thread, which cudaGetLastError returns and clears whoever
+// caused it; every operator's glue first reports an error that was already pending as an earlier
+// one (cuda_glue::check_no_pending_error, glue.h), so what this finds is this launch's own.
 inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
 // Blocks in a grid: at most this many, the kernels loop (grid-stride) over the rest.

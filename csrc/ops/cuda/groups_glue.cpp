@@ -13,6 +13,7 @@ namespace epi_fast {
 at::Tensor group_reduce_cuda(const at::Tensor& scores_in, const at::Tensor& group_ptr_in,
                              const at::Tensor& member_idx_in, c10::string_view reduce) {
   test_hooks::enter("group_reduce");
+  cuda_glue::check_no_pending_error("group_reduce");
   const Reduce red = check_group_reduce(scores_in, group_ptr_in, member_idx_in, reduce);
   // The index's values are not checked here: that needs them on the host, a synchronisation on
   // every call. epi_fast.group_reduce checks them before the call; the internal path that

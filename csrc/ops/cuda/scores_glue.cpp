@@ -14,6 +14,7 @@ namespace epi_fast {
 
 at::Tensor channel_scores_cuda(at::TensorList tensors, c10::string_view criterion) {
   test_hooks::enter("channel_scores");
+  cuda_glue::check_no_pending_error("channel_scores");
   const ScoreKind kind = check_channel_scores(tensors, criterion);
   c10::cuda::CUDAGuard guard(tensors[0].device());
   const std::vector<int64_t> offsets = row_offsets(tensors, {}, INT64_MAX);
