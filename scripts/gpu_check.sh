@@ -13,8 +13,9 @@
 #   memcheck   compute-sanitizer --tool memcheck  on pytest -m sanitize tests/cuda
 #   racecheck  compute-sanitizer --tool racecheck on the same tests
 #   synccheck  compute-sanitizer --tool synccheck on the same tests
-#   bench      python -m benchmarks --quick --device cuda (ResNet-50 and a 1e8-parameter MLP
-#              stack, no torch.compile reference), within the time left
+#   bench      python -m benchmarks --quick --device cuda on ResNet-50 (no MLP sweep, no
+#              torch.compile reference: the GPU targets' cases, the AMP train step and the 1-2 GiB
+#              layers), within the time left
 #   ncu        Nsight Compute's speed-of-light section for the row-sum, group and count kernels
 #
 # Output: OUTDIR/summary.md (one table row per step: status, seconds, timeout, the key lines)
@@ -240,7 +241,7 @@ step_bench() {
   cd "$ROOT" || return 1
   # Stop starting measurements with time left to finish the last one and write the files.
   local budget=$(( STEP_TIMEOUT > 60 ? STEP_TIMEOUT - 25 : STEP_TIMEOUT * 6 / 10 ))
-  "$PY" -m benchmarks --quick --device cuda --no-compile --models resnet50 --mlp-params 1e8 \
+  "$PY" -m benchmarks --quick --device cuda --no-compile --models resnet50 --mlp-params none \
     --budget-s "$budget" --out "$STAGE/benchmarks/results"
 }
 
@@ -297,7 +298,7 @@ describe() {
     info) echo "python -m epi_fast.info" ;;
     tests) echo "pytest -m cuda ${TESTS_PATHS:-tests/cuda tests/ops (tests/cuda alone without hypothesis)}" ;;
     memcheck|racecheck|synccheck) echo "compute-sanitizer --tool $1 pytest -m sanitize $SANITIZE_TESTS" ;;
-    bench) echo "python -m benchmarks --quick --device cuda --no-compile --models resnet50 --mlp-params 1e8 --budget-s <share - 25>" ;;
+    bench) echo "python -m benchmarks --quick --device cuda --no-compile --models resnet50 --mlp-params none --budget-s <share - 25>" ;;
     ncu) echo "ncu --section SpeedOfLight on channel_scores, group_reduce, layer_counts" ;;
   esac
 }
@@ -342,7 +343,7 @@ for marker, path in (("cuda", "tests/cuda"), ("sanitize", sys.argv[1])):
 try:
     from benchmarks.__main__ import parse_args
 
-    parse_args(["--quick", "--device", "cuda", "--no-compile", "--models", "resnet50", "--mlp-params", "1e8",
+    parse_args(["--quick", "--device", "cuda", "--no-compile", "--models", "resnet50", "--mlp-params", "none",
                 "--budget-s", "30", "--out", "x"])
     print("  ok       python -m benchmarks takes --quick --device --no-compile --models --mlp-params --budget-s --out")
 except SystemExit:
