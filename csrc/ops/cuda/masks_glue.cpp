@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../masks.h"
+#include "epi_fast/work_split.h"
 #include "../test_hooks.h"
 #include "counts_kernel.h"
 #include "glue.h"
@@ -17,12 +18,15 @@
 namespace epi_fast {
 namespace {
 
-// What one select leaves for the counts of global_masks_counts: the segment offsets already on
-// the device (one host-to-device copy per call, shared by the select and the counts).
+// What one select leaves for the counts of global_masks_counts: the segment table (the offsets,
+// then each segment's first counting piece) already on the device (one host-to-device copy per
+// call, shared by the select and the counts).
 struct Selected {
   at::Tensor masks, thresholds;
-  at::Tensor device_args;  // [offsets (S + 1) | ks (m) | per-segment min_keep (S, tensor form only)]
-  const int64_t* seg_offsets = nullptr;
+  // [offsets (S + 1) | first pieces (S + 1) | ks (m) | per-segment min_keep (S, tensor form only)]
+  at::Tensor device_args;
+  const int64_t* seg_offsets = nullptr;  // the table: its first S + 1 entries are the offsets
+  int64_t pieces = 0;                    // counting pieces of one mask row
 };
 
 template <typename Keep>  // int64_t (the default overload) or at::Tensor (.per_segment)
@@ -31,6 +35,8 @@ Selected select(const at::Tensor& scores_in, at::ArrayRef<double> ratios, at::In
   const MaskArgs args = check_global_masks(scores_in, ratios, segment_sizes, min_keep);
   const int64_t m = static_cast<int64_t>(ratios.size());
   c10::cuda::CUDAGuard guard(scores_in.device());
+  // An error that earlier work left pending is that work's, not this operator's: report it as such.
+  cuda_glue::check_no_pending_error("global_masks");
   const at::Tensor scores = scores_in.contiguous();
   const int64_t n = scores.numel();
   const int64_t segments = static_cast<int64_t>(segment_sizes.size());
@@ -53,8 +59,13 @@ Selected select(const at::Tensor& scores_in, at::ArrayRef<double> ratios, at::In
 
   // One pinned, stream-ordered copy for everything the kernels read per call.
   std::vector<int64_t> packed;
-  packed.reserve((segments > 0 ? segments + 1 : 0) + m + (args.keep.by_segment ? segments : 0));
-  if (segments > 0) packed.insert(packed.end(), args.offsets.begin(), args.offsets.end());
+  packed.reserve((segments > 0 ? 2 * (segments + 1) : 0) + m + (args.keep.by_segment ? segments : 0));
+  int64_t pieces = 0;
+  if (segments > 0) {
+    const std::vector<int64_t> table = split::segment_table(args.offsets);
+    pieces = table.back();
+    packed.insert(packed.end(), table.begin(), table.end());
+  }
   const size_t ks_at = packed.size();
   packed.insert(packed.end(), ks.begin(), ks.end());
   const size_t keep_at = packed.size();
@@ -64,6 +75,7 @@ Selected select(const at::Tensor& scores_in, at::ArrayRef<double> ratios, at::In
   out.device_args = cuda_glue::device_vector(packed, scores.device());
   const int64_t* dev = out.device_args.const_data_ptr<int64_t>();
   out.seg_offsets = segments > 0 ? dev : nullptr;
+  out.pieces = pieces;
 
   const cuda::Segments seg{out.seg_offsets, segments, args.keep.all,
                            args.keep.by_segment && protection != cuda::Protection::None ? dev + keep_at : nullptr,
@@ -78,18 +90,14 @@ Selected select(const at::Tensor& scores_in, at::ArrayRef<double> ratios, at::In
   return out;
 }
 
-// layer_counts of the masks just selected, from the offsets the select copied to the device.
-// segment_counts puts the mask rows on gridDim.y: rows go in chunks of at most 65,535.
+// layer_counts of the masks just selected, from the segment table the select copied to the
+// device (segment_counts loops over any number of mask rows inside the kernel).
 at::Tensor counts_of(const Selected& sel, int64_t segments) {
   c10::cuda::CUDAGuard guard(sel.masks.device());  // select's guard has ended: the stream is that device's
   const int64_t m = sel.masks.size(0), n = sel.masks.size(1);
   at::Tensor counts(at::detail::empty_cuda({m, segments}, sel.masks.options().dtype(at::kLong)));
-  const bool* masks = sel.masks.const_data_ptr<bool>();
-  int64_t* out = counts.data_ptr<int64_t>();
-  constexpr int64_t kRows = 65535;
-  for (int64_t j = 0; j < m; j += kRows)
-    cuda::segment_counts(masks + j * n, nullptr, std::min(kRows, m - j), n, sel.seg_offsets, segments,
-                         out + j * segments, nullptr, cuda_glue::current_stream());
+  cuda::segment_counts(sel.masks.const_data_ptr<bool>(), nullptr, m, n, sel.seg_offsets, segments, sel.pieces,
+                       counts.data_ptr<int64_t>(), nullptr, cuda_glue::current_stream());
   return counts;
 }
 
