@@ -97,7 +97,7 @@ PY=${PYTHON:-$(command -v python3 || command -v python || echo python3)}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # the tree's epi_fast and benchmarks, built or installed
 export PYTHONDONTWRITEBYTECODE=1
 export TESTS_PATHS=${GPU_CHECK_TESTS:-}
-SANITIZE_TESTS="tests/cuda"
+SANITIZE_TESTS="tests/cuda tests/ops/test_masks.py"
 
 # Shares scaled to the budget (a budget other than the default scales every share alike).
 declare -A SHARE
@@ -334,7 +334,7 @@ def collected(*args):
 
 
 for marker, path in (("cuda", "tests/cuda"), ("sanitize", sys.argv[1])):
-    found = collected("-m", marker, path)
+    found = collected("-m", marker, *path.split())
     if found and not found.startswith("0"):
         print(f"  ok       pytest -m {marker} {path}: {found}")
     else:

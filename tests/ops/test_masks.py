@@ -934,6 +934,7 @@ def test_cuda_per_segment_min_keep(seed):
 
 
 @cuda_test
+@pytest.mark.sanitize
 def test_cuda_per_segment_maximum_ties():
     # The per-segment maximum (every segment protects at most one) keeps, among equal scores,
     # the highest index, +0.0 and -0.0 alike, in segments larger than a block
@@ -972,6 +973,7 @@ def test_cuda_nan_count_across_blocks():
 
 
 @cuda_test
+@pytest.mark.sanitize
 def test_cuda_error_order_matches_cpu():
     # The same input refused with the same error on both devices: NaN and too large a k
     scores = torch.tensor([NAN, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
@@ -986,6 +988,7 @@ def test_cuda_error_order_matches_cpu():
 
 
 @cuda_test
+@pytest.mark.sanitize
 def test_cuda_inputs_with_a_storage_offset():
     gen = torch.Generator().manual_seed(24)
     base = torch.randint(0, 30, (10_007,), generator=gen).float()
@@ -1041,6 +1044,7 @@ def test_cuda_non_default_stream():
 
 
 @cuda_test
+@pytest.mark.sanitize
 def test_cuda_min_keep_tensor_with_cpu_scores():
     # A CUDA min_keep with CPU scores: the dispatcher picks the CUDA key; the work runs, and
     # the results live, where the scores are
