@@ -8,7 +8,8 @@
 // one lane each, 32 rows a warp, instead of a warp each with 31 lanes idle); a row longer than
 // one chunk (chunk_elems) is cut into chunks, one warp each, whose sums go to a scratch buffer
 // and are added in chunk order by a second kernel (a 1 x 4M row is then read by a few thousand
-// warps, not by one). Every sum has a fixed order, so results repeat bit for bit.
+// warps, not by one). Every sum has a fixed order, so results repeat bit for bit for the same tensor (the same
+// values at another 16-byte alignment, e.g. a view with a storage offset, may differ in the last bit).
 //
 // Segments (layer_counts, mask_overlap): each (mask row, segment) is cut into pieces of at most
 // kPieceBytes bytes, one warp each, so neither many short segments nor one long one leaves the

@@ -24,6 +24,12 @@ inline void check(cudaError_t err, const char* what) {
 // caused it; every operator's glue first reports an error that was already pending as an earlier
 // one (cuda_glue::check_no_pending_error, glue.h), so what this finds is this launch's own.
 inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
+// CUB reads its launches' errors with cudaPeekAtLastError, which leaves them pending: clear a
+// failure here so that it is reported once, as this call's, and not again by the next operator.
+inline void check_cub(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) (void)cudaGetLastError();
+  check(err, what);
+}
 
 // Blocks in a grid: at most this many, the kernels loop (grid-stride) over the rest.
 constexpr int64_t kMaxBlocks = 65535;

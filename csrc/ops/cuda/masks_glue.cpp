@@ -35,8 +35,6 @@ Selected select(const at::Tensor& scores_in, at::ArrayRef<double> ratios, at::In
   const MaskArgs args = check_global_masks(scores_in, ratios, segment_sizes, min_keep);
   const int64_t m = static_cast<int64_t>(ratios.size());
   c10::cuda::CUDAGuard guard(scores_in.device());
-  // An error that earlier work left pending is that work's, not this operator's: report it as such.
-  cuda_glue::check_no_pending_error("global_masks");
   const at::Tensor scores = scores_in.contiguous();
   const int64_t n = scores.numel();
   const int64_t segments = static_cast<int64_t>(segment_sizes.size());
@@ -105,6 +103,9 @@ template <typename Keep>
 std::tuple<at::Tensor, at::Tensor> global_masks(const at::Tensor& scores, at::ArrayRef<double> ratios,
                                                 at::IntArrayRef segment_sizes, const Keep& min_keep) {
   test_hooks::enter("global_masks");
+  // First, as in every other operator: an error that earlier work left pending is that work's,
+  // and the checks below may copy a CUDA min_keep to the host.
+  cuda_glue::check_no_pending_error("global_masks");
   Selected sel = select(scores, ratios, segment_sizes, min_keep);
   test_hooks::at("global_masks", "written");
   return {sel.masks, sel.thresholds};
@@ -116,6 +117,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_masks_counts(const at::Ten
                                                                    at::IntArrayRef segment_sizes,
                                                                    const Keep& min_keep) {
   test_hooks::enter("global_masks_counts");
+  cuda_glue::check_no_pending_error("global_masks_counts");
   // masks_then_counts' first check, before every other (the CPU's order).
   TORCH_CHECK_VALUE(!segment_sizes.empty(), "segment_sizes is empty: counts are taken per segment");
   Selected sel = select(scores, ratios, segment_sizes, min_keep);

@@ -166,12 +166,12 @@ void select_masks(const uint64_t* keys, int64_t n, const Segments& seg, const in
       // Each segment's highest (score, index) key: the highest score, the highest index among
       // equal scores, as the CPU's argmax and the reference pick. An empty segment gets 0,
       // never read (it protects nothing).
-      check(cubw::DeviceSegmentedReduce::Max(w.cub_temp, bytes, keys, w.prot_key, segs, seg.seg_offsets,
+      check_cub(cubw::DeviceSegmentedReduce::Max(w.cub_temp, bytes, keys, w.prot_key, segs, seg.seg_offsets,
                                              seg.seg_offsets + 1, stream),
             "select_masks (segment maximum)");
       seg_max = w.prot_key;
     } else {
-      check(cubw::DeviceSegmentedRadixSort::SortKeysDescending(w.cub_temp, bytes, keys, w.sorted,
+      check_cub(cubw::DeviceSegmentedRadixSort::SortKeysDescending(w.cub_temp, bytes, keys, w.sorted,
                                                                static_cast<int>(n), static_cast<int>(segs),
                                                                seg.seg_offsets, seg.seg_offsets + 1, 0, 64, stream),
             "select_masks (segmented sort)");
@@ -187,7 +187,7 @@ void select_masks(const uint64_t* keys, int64_t n, const Segments& seg, const in
   }
   if (n > 0) {
     size_t bytes = w.cub_bytes;
-    check(cubw::DeviceRadixSort::SortKeys(w.cub_temp, bytes, removable, w.sorted, static_cast<int>(n), 0, 64,
+    check_cub(cubw::DeviceRadixSort::SortKeys(w.cub_temp, bytes, removable, w.sorted, static_cast<int>(n), 0, 64,
                                           stream),
           "select_masks (sort)");
     dim3 grid(grid_for(n), static_cast<unsigned>(std::min<int64_t>(m, 65535)));

@@ -51,7 +51,9 @@ __global__ void taylor_apply_kernel(const float* raw, int64_t n, const float* in
   }
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    acc[i] += scaled_contribution(raw, i, inv_scale, mode);
+    // Two roundings, as on the CPU (compiled without contraction): nvcc would fuse the square
+    // of the contribution into this add.
+    acc[i] = __fadd_rn(acc[i], scaled_contribution(raw, i, inv_scale, mode));
 }
 
 }  // namespace
