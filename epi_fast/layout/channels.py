@@ -117,7 +117,8 @@ def find_channel_groups(trace, ignored: Sequence[nn.Module], names: dict) -> Lis
         members = []
         for item in dg_group:
             module = item.dep.target.module
-            if item.root_idxs is None or any(r is None for r in item.root_idxs):
+            # `None in` compares in C: a Python generator over every index cost tens of ms on ViT-B.
+            if item.root_idxs is None or None in item.root_idxs:
                 continue
             name = names.get(module) if isinstance(module, nn.Module) else dg._param_to_name.get(module)
             if name is None:

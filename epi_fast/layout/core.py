@@ -101,7 +101,7 @@ class GroupLayout:
                 )
 
 
-def group_layout(model: nn.Module, example_inputs, ignored_layers=()) -> GroupLayout:
+def group_layout(model: nn.Module, example_inputs, ignored_layers=(), *, observe=None) -> GroupLayout:
     """Trace `model` once and return its `GroupLayout`.
 
     example_inputs: what the model is called with (a tensor, a tuple of positional inputs or a
@@ -110,11 +110,13 @@ def group_layout(model: nn.Module, example_inputs, ignored_layers=()) -> GroupLa
     whose output channels must not be pruned. Layers whose output channels reach any tensor
     the model returns (classifier heads, features returned beside the logits, every output of
     a multi-output model) are always ignored, so every output keeps its shape. A DDP-wrapped
-    model is accepted.
+    model is accepted. observe: a context manager entered around the trace's one forward call
+    (eval mode, autograd on), e.g. `epi_fast.targets.flops.FlopProbe(model)` to count the
+    FLOPs of that pass instead of running the model again.
     """
     model = unwrap_model(model)
     ignored = resolve_ignored(model, ignored_layers)
-    trace = trace_model(model, example_inputs)
+    trace = trace_model(model, example_inputs, observe=observe)
     names = {m: n for n, m in model.named_modules()}
     order = {m: i for i, m in enumerate(names)}
     ignored_all = list({id(m): m for m in ignored + trace.outputs}.values())

@@ -13,8 +13,9 @@ Three things are settled here, before any group is built:
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterable, List
+from typing import Any, ContextManager, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -109,8 +110,12 @@ class Trace:
     outputs: List[nn.Module]
 
 
-def trace_model(model: nn.Module, example_inputs: Any) -> Trace:
-    """Trace `model` on `example_inputs` without changing it (training flags are restored)."""
+def trace_model(model: nn.Module, example_inputs: Any, observe: Optional[ContextManager] = None) -> Trace:
+    """Trace `model` on `example_inputs` without changing it (training flags are restored).
+
+    observe: a context manager entered around the trace's one forward call and nothing else
+    (Torch-Pruning has put the model in eval mode; autograd is on), e.g.
+    `epi_fast.targets.flops.FlopProbe`, to count the FLOPs of that same pass."""
     check_inputs(example_inputs)
     captured: List[torch.Tensor] = []
 
@@ -118,7 +123,8 @@ def trace_model(model: nn.Module, example_inputs: Any) -> Trace:
         # Given to Torch-Pruning as forward_fn, so that its own retry (model(*x), then model(x),
         # inside a bare except that also swallows Ctrl-C) never runs.
         try:
-            return call_model(m, inputs)
+            with observe if observe is not None else nullcontext():
+                return call_model(m, inputs)
         except Exception as err:
             raise _ForwardFailed(err) from err
 

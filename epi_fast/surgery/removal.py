@@ -2,7 +2,8 @@
 
 Each group kind removes its own neurons (conv channels through Torch-Pruning's dependency
 graph). Which entries of each parameter survive is learned, not assumed: just before pruning,
-every affected parameter is made to hold its own flat indices (float64, exact up to 2**53);
+every affected parameter is made to hold its own flat indices (float32, exact below 2**24,
+or float64 for a larger parameter, exact below 2**53);
 after the slicing, whatever index mapping was applied (flatten, concat offsets, depthwise and
 grouped convs), each new parameter holds the indices of its surviving entries. The original
 values, gradients and optimizer state are gathered with those indices.
@@ -26,6 +27,7 @@ from ..criteria import get_criterion
 from ..layout import GroupLayout, group_layout, unwrap_model
 from ..targets import DEFAULT_MAX_LAYER_RATIO, Selector
 from ..targets.costs import measured_flops
+from ..targets.flops import FlopProbe
 from .counting import count_ops
 from .optimizer import check_optimizer_for, gather, remap_optimizer
 
@@ -104,8 +106,12 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
     reduce = crit.reduction(reduce)
     if scores is None and crit.needs_gradients:
         crit.group_scores(None, reduce)  # raises: a gradient criterion needs scores=
+    probe = None
     if layout is None:
-        layout = group_layout(model, example_inputs, ignored_layers=ignored_layers)
+        # The dense model's FLOPs are counted in the trace's own forward pass (eval mode,
+        # autograd on: what measure_flops runs), not in a second pass.
+        probe = FlopProbe(model)
+        layout = group_layout(model, example_inputs, ignored_layers=ignored_layers, observe=probe)
     else:
         _check_layout(layout, model)
     selector = Selector(layout, target, min_keep, max_layer_ratio, round_to, example_inputs)
@@ -113,7 +119,10 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
     keep = _keep_mask(layout, crit, scores, ratio, selector, reduce, strict)
     _check_optimizer(optimizer, layout, keep)
 
-    before = count_ops(model, example_inputs, measured_flops(layout, example_inputs))
+    measured = measured_flops(layout, example_inputs)  # the FLOPs target's count, if it took one
+    if measured is None and probe is not None:
+        measured = probe.count
+    before = count_ops(model, example_inputs, measured)
     channels_before = list(layout.layer_channels().values())
     groups_pruned = sum(1 for g, o in zip(layout.groups, layout.offsets) if not bool(keep[o:o + g.size].all()))
     layers = list(layout.layers)
@@ -305,9 +314,9 @@ def _cut(model, layout, keep, optimizer) -> Optional["_Snapshot"]:
     snapshot = _Snapshot(model, params, optimizer, dg, layout)
     try:
         for _, _, p in params:
-            # Grads are set aside: tp would slice them into the index-valued float64 parameters.
+            # Grads are set aside: tp would slice them into the index-valued parameters.
             p.grad = None
-            p.data = torch.arange(p.numel(), dtype=torch.float64, device=p.device).view(p.shape)
+            p.data = _flat_indices(p)
         for group, pruned in work:
             _prune_group(dg, group, pruned)
         _rebuild_parameters(params, snapshot, optimizer)
@@ -319,9 +328,27 @@ def _cut(model, layout, keep, optimizer) -> Optional["_Snapshot"]:
     return snapshot
 
 
+# Whole numbers are exact in float32 below 2**24, in float64 below 2**53. Half the bytes of
+# float64 for every parameter that fits: the index tensors are written, sliced by Torch-Pruning
+# and read back once per prune, for every parameter of every touched layer.
+_FLOAT32_EXACT = 1 << 24
+
+
+def _flat_indices(p: torch.Tensor) -> torch.Tensor:
+    """p's flat indices 0 .. numel-1 in p's shape, as floats that hold them exactly."""
+    dtype = torch.float32 if p.numel() <= _FLOAT32_EXACT else torch.float64
+    return torch.arange(p.numel(), dtype=dtype, device=p.device).view(p.shape)
+
+
+def _as_index(values: torch.Tensor) -> torch.Tensor:
+    """The exact whole numbers of `_flat_indices` (after slicing) as an index tensor: int32
+    from float32 (index_select takes either), int64 from float64."""
+    return values.to(torch.int32 if values.dtype == torch.float32 else torch.int64)
+
+
 def _check_no_stray_parameters(model, snapshot) -> None:
     # A parameter that tp replaced although no layout member owns it would escape the
-    # optimizer remapping (and keep float64 indices if it had been swapped): refuse the result.
+    # optimizer remapping (and keep index values if it had been swapped): refuse the result.
     known = {id(p) for _, _, params, _, _ in snapshot.modules for p in params.values() if p is not None}
     known |= snapshot.new_ids
     for name, p in model.named_parameters():
@@ -339,7 +366,7 @@ def _rebuild_parameters(params, snapshot, optimizer) -> None:
             old.data, old.grad = data, grad
             continue
         if id(old) not in replaced:
-            idx = current.detach().reshape(-1).long()  # exact: whole numbers below 2**53
+            idx = _as_index(current.detach().reshape(-1))
             new = nn.Parameter(gather(data, idx, current.shape), requires_grad=old.requires_grad)
             if grad is not None:
                 new.grad = gather(grad, idx, current.shape)

@@ -17,7 +17,7 @@ Every module's training flag is restored afterwards and BatchNorm statistics are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..layout.trace import call_model, unwrap_model
 
-__all__ = ["FlopCount", "measure_flops", "flop_counter", "EXTRA_FLOP_FORMULAS"]
+__all__ = ["FlopCount", "FlopProbe", "measure_flops", "flop_counter", "EXTRA_FLOP_FORMULAS"]
 
 
 def _cpu_flash_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -52,21 +52,66 @@ class FlopCount:
     own: Dict[str, Dict[str, int]]
 
 
+class FlopProbe:
+    """Counts the one call of `model` made inside it, exactly as `measure_flops` does (eval
+    mode, autograd on, the same counter; every module's training flag restored on exit); the
+    result is `count` (a FlopCount) once the block exits without an error.
+
+    `measure_flops` is this around `call_model`. A caller that runs the model anyway can count
+    in that same pass instead of running it again: `epi_fast.prune` enters it around the
+    dependency-graph trace's forward call (`group_layout(..., observe=probe)`), which already
+    runs in eval mode with autograd on.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = unwrap_model(model)
+        self.count: Optional[FlopCount] = None
+        self._modes = None
+        self._grad = None
+        self._counter = None
+
+    def __enter__(self) -> "FlopProbe":
+        if self._counter is not None:
+            raise RuntimeError("a FlopProbe counts one call; it is in use already")
+        self.count = None
+        self._modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        self._grad = torch.enable_grad()
+        self._grad.__enter__()
+        self._counter = flop_counter()
+        try:
+            self._counter.__enter__()
+        except BaseException:
+            self._leave(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        counter = self._counter
+        try:
+            counter.__exit__(exc_type, exc, tb)
+        finally:
+            self._leave(exc_type, exc, tb)
+        if exc_type is None:
+            self.count = FlopCount(int(counter.get_total_flops()), _own_flops(self.model, counter.get_flop_counts()))
+        return False
+
+    def _leave(self, exc_type, exc, tb) -> None:
+        self._counter = None
+        try:
+            self._grad.__exit__(exc_type, exc, tb)
+        finally:
+            for m, flag in self._modes:
+                m.training = flag
+
+
 def measure_flops(model: nn.Module, example_inputs: Any) -> FlopCount:
     """Count one call of `model` on `example_inputs` (see the module docstring)."""
-    model = unwrap_model(model)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.enable_grad():
-            counter = flop_counter()
-            with counter:
-                out = call_model(model, example_inputs)
-            del out
-    finally:
-        for m, flag in modes:
-            m.training = flag
-    return FlopCount(int(counter.get_total_flops()), _own_flops(model, counter.get_flop_counts()))
+    probe = FlopProbe(model)
+    with probe:
+        out = call_model(probe.model, example_inputs)
+        del out
+    return probe.count
 
 
 def _own_flops(model: nn.Module, counts) -> Dict[str, Dict[str, int]]:
