@@ -99,13 +99,20 @@ def _want_cuda(torch) -> tuple[bool, str]:
     return True, f"CUDA {torch.version.cuda}, nvcc in {home}"
 
 
+# GPU architectures built when no GPU is visible and TORCH_CUDA_ARCH_LIST is unset: Turing (sm_75,
+# the oldest that CUDA 13 supports: T4, RTX 20xx), Ampere (sm_80: A100; the consumer sm_86 cards
+# run sm_80 code) and Hopper (sm_90: H100, H200), with sm_90 PTX that the driver compiles for
+# newer GPUs (Blackwell) when the extension first loads there.
+DEFAULT_ARCH_LIST = "7.5;8.0;9.0+PTX"
+
+
 def _default_arch_list(torch) -> None:
-    # Without a visible GPU torch would compile for every architecture it knows; name a small
-    # set instead (Ampere and Hopper, with PTX for newer GPUs). Users with a GPU get their own.
+    # Without a visible GPU torch would compile for every architecture it knows; name the set
+    # above instead. With a visible GPU torch builds for that GPU's architecture.
     if os.environ.get("TORCH_CUDA_ARCH_LIST"):
         return
     if not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
 
 
 def _version() -> str:

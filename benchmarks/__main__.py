@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -24,7 +25,19 @@ def parse_args(argv=None):
     p.add_argument("--no-compile", action="store_true", help="GPU: leave out the torch.compile'd reference")
     p.add_argument("--models", default=None,
                    help="comma-separated subset of resnet18,resnet50,mobilenet_v2 (default: all)")
+    p.add_argument("--mlp-params", default=None,
+                   help="comma-separated sizes of the MLP workloads in parameters, e.g. 1e7,1e8, or 'none' "
+                        "(default: the mode's sizes)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="start no new workload, case or GPU measurement after this many seconds, and write "
+                        "what was measured (the report lists what was left out)")
     return p.parse_args(argv)
+
+
+def _sizes(text: str) -> list:
+    if text.strip().lower() == "none":
+        return []
+    return [float(v) for v in text.split(",") if v.strip()]
 
 
 def main(argv=None) -> int:
@@ -39,6 +52,10 @@ def main(argv=None) -> int:
     cfg = run.config_for(mode, device, threads=args.threads, compile_ref=False if args.no_compile else None)
     if args.models:
         cfg.torchvision = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.mlp_params is not None:
+        cfg.mlp_params = _sizes(args.mlp_params)
+    if args.budget_s is not None:
+        cfg.deadline = time.monotonic() + args.budget_s
     results = run.run(cfg)
     results["machine"] = report.machine_name(device)
     results["targets"] = report.evaluate_targets(results)

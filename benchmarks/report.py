@@ -197,6 +197,9 @@ def markdown(results, title: str) -> str:
                      f"(last-level cache {(env.get('last_level_cache_bytes') or 0) / 2**20:.0f} MiB)")
     if env.get("cpu_simd"):
         lines.append(f"- CPU row kernels: `{env['cpu_simd']}`")
+    if results.get("skipped_for_time"):
+        lines.append(f"- **left out to keep within the time budget (--budget-s): "
+                     f"{'; '.join(results['skipped_for_time'])}**")
     lines += ["", "## Targets", "", "| target | value | goal | status | detail |", "| --- | --- | --- | --- | --- |"]
     for t in results["targets"]:
         lines.append(f"| {t['target']} | {t['value']} | {t['goal']} | **{t['status']}** | {t['detail']} |")
@@ -314,7 +317,8 @@ def plot_png(results, title: str) -> bytes | None:
         ax.set_ylabel("median time (ms)")
         ax.set_title(label)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # nothing to label when no MLP line was measured
+            ax.legend(fontsize=7)
     fig.suptitle(f"{title} (lines: transformer MLP stack sweep; points: torchvision models)", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()

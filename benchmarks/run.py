@@ -28,6 +28,9 @@ class Config:
     compile_ref: bool = False
     gpu_extras: bool = False
     verbose: bool = True
+    # time.monotonic() after which no new workload, case or GPU measurement starts (None: no
+    # limit); what is left out is listed in the results' "skipped_for_time".
+    deadline: float | None = None
 
 
 def config_for(mode: str, device: torch.device, threads: int = 2, compile_ref: bool | None = None) -> Config:
@@ -51,6 +54,15 @@ def config_for(mode: str, device: torch.device, threads: int = 2, compile_ref: b
 def _log(cfg: Config, msg: str) -> None:
     if cfg.verbose:
         print(msg, flush=True)
+
+
+def _out_of_time(cfg: Config, results: dict, what: str) -> bool:
+    """True (and `what` recorded as left out) once the deadline has passed."""
+    if cfg.deadline is None or time.monotonic() < cfg.deadline:
+        return False
+    results.setdefault("skipped_for_time", []).append(what)
+    _log(cfg, f"  out of time: {what} left out")
+    return True
 
 
 def _snapshot(out):
@@ -314,12 +326,16 @@ def run(cfg: Config) -> dict:
         results["gpu"]["copy"] = copy
         _log(cfg, f"copy bandwidth (read + write): {copy['bandwidth_GBps']:.0f} GB/s")
     kept = []
-    for build in _workloads(cfg):
+    for i, build in enumerate(_workloads(cfg)):
+        if _out_of_time(cfg, results, f"workload {i + 1} and later"):
+            break
         w = build()
         results["workloads"].append(w.describe())
         _log(cfg, f"{w.name}: {len(w.weights)} layers, {sum(w.sizes)} channels, "
                   f"{w.params / 1e6:.1f} M params, {w.weight_bytes / 1e6:.1f} MB")
-        for make in _cases_for(w, cfg):
+        for j, make in enumerate(_cases_for(w, cfg)):
+            if _out_of_time(cfg, results, f"{w.name}: case {j + 1} and later"):
+                break
             case = make()
             if case is not None:
                 results["cases"].append(run_case(case, cfg))
@@ -338,10 +354,11 @@ def run(cfg: Config) -> dict:
             probe["malloc_pinned_to_mmap"] = pinned
             results["memory"].append(probe)
     kept.clear()
-    if cfg.gpu_extras:
+    if cfg.gpu_extras and not _out_of_time(cfg, results, "the ResNet-50 AMP train step"):
         results["gpu"]["train_step_resnet50_b128_amp"] = gpu_train_step(cfg)
         _log(cfg, f"ResNet-50 AMP train step (batch 128): "
                   f"{results['gpu']['train_step_resnet50_b128_amp']['median_s'] * 1e3:.1f} ms")
+    if cfg.gpu_extras and not _out_of_time(cfg, results, "the huge layers"):
         results["gpu"]["huge_layers"] = gpu_huge_layers(cfg, results["gpu"]["copy"]["bandwidth_GBps"])
     results["load_average_end"] = T.load_average()
     results["wall_seconds"] = time.time() - started

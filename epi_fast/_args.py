@@ -12,15 +12,19 @@ Documented ranges (docs/CONTRACTS.md):
     patience                             integer >= 0
     min_keep of prune() / EPIPruner      integer >= 1 (an empty group would disconnect the network)
     deadline_epoch, total_epochs         integer >= 1 or None
+    target                               "channels", "params" or "flops"
+    max_layer_ratio                      (0, 1], or a mapping from layer name to such a number
+    round_to                             integer >= 1 or None
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, List, Optional
+from typing import Any, List, Mapping, Optional
 
-__all__ = ["check_ratio", "check_ratios", "check_int", "check_optional_int", "check_unit"]
+__all__ = ["check_ratio", "check_ratios", "check_int", "check_optional_int", "check_unit", "check_target",
+           "check_max_layer_ratio", "check_round_to", "TARGETS", "DEFAULT_MAX_LAYER_RATIO"]
 
 
 def _number(value: Any, name: str) -> float:
@@ -66,3 +70,33 @@ def check_int(value: Any, name: str, minimum: int) -> int:
 
 def check_optional_int(value: Any, name: str, minimum: int) -> Optional[int]:
     return None if value is None else check_int(value, name, minimum)
+
+
+# No layer loses more than 90% of its channels by default: every layer keeps at least
+# ceil(0.1 * width) channels, so that no layer collapses to one channel (docs/METHOD.md).
+DEFAULT_MAX_LAYER_RATIO = 0.9
+TARGETS = ("channels", "params", "flops")
+
+
+def check_target(target: Any) -> str:
+    if not isinstance(target, str) or target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+    return target
+
+
+def check_max_layer_ratio(value: Any):
+    """A float in (0, 1], or a mapping from layer name to such a float (checked per entry)."""
+    if isinstance(value, Mapping):
+        out = {}
+        for name, r in value.items():
+            if not isinstance(name, str):
+                raise TypeError(f"max_layer_ratio keys must be layer names, got {name!r}")
+            out[name] = check_unit(r, f"max_layer_ratio[{name!r}]", low_open=True, high_open=False)
+        return out
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"max_layer_ratio must be a number in (0, 1] or a mapping from layer name to one, got {value!r}")
+    return check_unit(value, "max_layer_ratio", low_open=True, high_open=False)
+
+
+def check_round_to(value: Any) -> Optional[int]:
+    return None if value is None else check_int(value, "round_to", 1)

@@ -5,7 +5,7 @@ Implementations (the ``impl`` fixture, ids read as ``[reference]``, ``[cpu]``, `
 - ``reference``: ``epi_fast.ops.reference`` (plain PyTorch) on CPU tensors, the oracle;
 - ``cpu``: the compiled operators ``epi_fast.ops`` on CPU tensors;
 - ``cuda``: the compiled operators on CUDA tensors, skipped (with the reason) when
-  ``torch.cuda.is_available()`` is false.
+  ``torch.cuda.is_available()`` is false; marked ``cuda`` (``pytest -m cuda`` selects them).
 
 A missing or broken extension is a FAILURE of the ``cpu`` / ``cuda`` tests, never a skip: the
 project does not hide a missing build. Run ``pytest -k reference`` to test only the oracle.
@@ -72,12 +72,18 @@ IMPL_NAMES = ("reference", "cpu", "cuda")
 COMPILED_NAMES = ("cpu", "cuda")
 
 
-@pytest.fixture(params=IMPL_NAMES)
+def _params(names):
+    # The cuda implementation's cases carry the `cuda` marker, so that `pytest -m cuda` runs them
+    # with the tests of tests/cuda/ (scripts/gpu_check.sh does).
+    return [pytest.param(n, marks=pytest.mark.cuda) if n == "cuda" else n for n in names]
+
+
+@pytest.fixture(params=_params(IMPL_NAMES))
 def impl(request) -> Impl:
     return make_impl(request.param)
 
 
-@pytest.fixture(params=COMPILED_NAMES)
+@pytest.fixture(params=_params(COMPILED_NAMES))
 def compiled(request) -> Impl:
     """The compiled implementations only (for comparisons against the reference)."""
     return make_impl(request.param)

@@ -11,6 +11,9 @@
 
 #include "cpu/simd_level.h"
 #include "test_hooks.h"
+#ifdef EPI_FAST_WITH_CUDA
+#include "cuda/test_kernels.h"
+#endif
 
 // The torch release this module was compiled against, from setup.py: the loader compares it
 // with the running torch before trusting the binary.
@@ -135,6 +138,16 @@ PyObject* test_calls(PyObject*, PyObject* op) {
   return PyLong_FromLongLong(test_hooks::calls(name));
 }
 
+// Test only: leaves a (non-sticky) CUDA launch error pending, as an unchecked earlier launch would;
+// returns its code, or None in a build without CUDA kernels.
+PyObject* test_leave_cuda_error(PyObject*, PyObject*) {
+#ifdef EPI_FAST_WITH_CUDA
+  return PyLong_FromLong(cuda::leave_pending_error());
+#else
+  Py_RETURN_NONE;
+#endif
+}
+
 PyMethodDef methods[] = {
     {"cpu_simd", cpu_simd, METH_NOARGS,
      "The CPU row kernels in use: 'avx512' (where the CPU has AVX-512F), 'avx2' (AVX2 and F16C) or 'portable', "
@@ -159,6 +172,9 @@ PyMethodDef methods[] = {
      "('written'; 'scratch' in taylor_accumulate_; 'masks' in global_masks_counts) it raises RuntimeError "
      "('runtime'), ValueError ('value'), TypeError ('type') or torch.OutOfMemoryError ('oom'), once."},
     {"_test_calls", test_calls, METH_O, "_test_calls(op). Test only: entries of operator `op` since _test_reset()."},
+    {"_test_leave_cuda_error", test_leave_cuda_error, METH_NOARGS,
+     "Test only: launch a CUDA kernel with an invalid configuration and leave its error pending, as an unchecked "
+     "earlier launch would; returns the error code (None without CUDA kernels)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, EPI_STRINGIFY(TORCH_EXTENSION_NAME),

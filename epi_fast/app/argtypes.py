@@ -8,10 +8,17 @@ import argparse
 import math
 from typing import Callable, List
 
-from .._args import check_int, check_ratio, check_unit
+from .._args import check_int, check_max_layer_ratio, check_ratio, check_unit
 
 __all__ = ["criterion", "weight_criterion", "positive_int", "non_negative_int", "prune_ratio", "train_ratio", "ratio_list", "tau", "positive_float",
-           "non_negative_float"]
+           "non_negative_float", "max_layer_ratio", "TARGET_HELP", "MAX_LAYER_RATIO_HELP", "ROUND_TO_HELP"]
+
+TARGET_HELP = ("what --ratio is a fraction of: channels (group neurons, the paper's meaning; default), params or "
+               "flops (of the model's parameters or FLOPs, met within 0.01)")
+MAX_LAYER_RATIO_HELP = ("at most this fraction of one layer's channels is removed: R in (0, 1], or NAME=R[,NAME=R...] "
+                        "per layer (the others keep the default); default 0.9 (every layer keeps at least 10%%), "
+                        "1.0 is the paper's rule")
+ROUND_TO_HELP = "every pruned layer keeps a multiple of N channels (or its whole width when narrower than N)"
 
 
 def _parsed(text: str, parse: Callable, what: str):
@@ -90,3 +97,19 @@ def weight_criterion(text: str) -> str:
             f"criterion {text!r} needs gradients accumulated over training; a one-off prune scores weights "
             "(use magnitude, bn, l1, l2, or epi-fast train)")
     return text
+
+
+def max_layer_ratio(text: str):
+    """R, or NAME=R[,NAME=R...]: the library's float or mapping form of max_layer_ratio."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected R or NAME=R[,NAME=R...], got {text!r}")
+    if len(items) == 1 and "=" not in items[0]:
+        return _checked(check_max_layer_ratio, _parsed(items[0], float, "a number in (0, 1]"))
+    mapping = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"expected NAME=R in a per-layer list, got {item!r}")
+        mapping[name] = _parsed(value, float, f"a number in (0, 1] for {name}")
+    return _checked(check_max_layer_ratio, mapping)

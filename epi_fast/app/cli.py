@@ -26,6 +26,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from .._args import DEFAULT_MAX_LAYER_RATIO, TARGETS
 from . import argtypes
 from .errors import one_line, report_interrupt, run_reporting_errors, sigterm_raises
 from .training import TRAIN_DEFAULTS, lr_lambda as _lr_lambda, seed_everything as _seed_everything  # noqa: F401 (the protocol imports _lr_lambda from here)
@@ -81,6 +82,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         "gradient/taylor, mean for magnitude criteria)",
     )
     g.add_argument("--min-keep", type=argtypes.positive_int, default=1, help="channels every group keeps (default %(default)s)")
+    g.add_argument("--target", choices=TARGETS, default="channels", help=argtypes.TARGET_HELP)
+    g.add_argument("--max-layer-ratio", type=argtypes.max_layer_ratio, default=DEFAULT_MAX_LAYER_RATIO, metavar="R|NAME=R,...",
+                   help=argtypes.MAX_LAYER_RATIO_HELP)
+    g.add_argument("--round-to", type=argtypes.positive_int, default=None, metavar="N", help=argtypes.ROUND_TO_HELP)
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=argtypes.positive_int, default=d["epochs"], help="epochs in total (default %(default)s)")
     g.add_argument("--batch-size", type=argtypes.positive_int, default=d["batch_size"], help="(default %(default)s)")
@@ -275,7 +280,8 @@ class _Setup:
             self.pruner = EPIPruner(
                 model, self.optimizer, args.ratio, example, criterion=args.criterion, window=args.window, tau=args.tau,
                 patience=args.patience, track_ratios=args.track_ratios, deadline_epoch=args.deadline_epoch,
-                min_keep=args.min_keep, reduce=args.group_reduce,
+                min_keep=args.min_keep, reduce=args.group_reduce, target=args.target,
+                max_layer_ratio=args.max_layer_ratio, round_to=args.round_to,
             )
         except ValueError as e:
             raise UsageError(str(e)) from None
@@ -343,6 +349,11 @@ class _Run:
             "prune_reason": pruner.prune_reason,
             "epi": epi_tracked[_ratio_key(args.ratio)],
             "epi_tracked": epi_tracked,
+            "target": args.target,
+            "requested": args.ratio,
+            "achieved": rep_.get("achieved"),
+            "max_layer_ratio": args.max_layer_ratio,
+            "round_to": args.round_to,
             "params_before": rep_["params_before"],
             "params_after": rep_["params_after"],
             "flops_before": rep_["flops_before"],

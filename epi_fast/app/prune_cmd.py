@@ -27,6 +27,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 from ..criteria import REDUCTIONS
+from .._args import DEFAULT_MAX_LAYER_RATIO, TARGETS
 from . import argtypes
 from .errors import one_line, run_reporting_errors
 
@@ -51,6 +52,10 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    "package.module:Name for a weight Criterion in your own code")
     p.add_argument("--reduce", default=None, choices=REDUCTIONS, help="how coupled channels combine into one group score (default: the criterion's, mean for these magnitude criteria)")
     p.add_argument("--min-keep", type=argtypes.positive_int, default=1, help="neurons kept in every group at least (default %(default)s)")
+    p.add_argument("--target", choices=TARGETS, default="channels", help=argtypes.TARGET_HELP)
+    p.add_argument("--max-layer-ratio", type=argtypes.max_layer_ratio, default=DEFAULT_MAX_LAYER_RATIO, metavar="R|NAME=R,...",
+                   help=argtypes.MAX_LAYER_RATIO_HELP)
+    p.add_argument("--round-to", type=argtypes.positive_int, default=None, metavar="N", help=argtypes.ROUND_TO_HELP)
     p.add_argument("--input-size", nargs=2, type=argtypes.positive_int, metavar=("H", "W"), default=None, help="example input size for tracing and FLOPs (default 8 8 for in-repo models, 224 224 otherwise)")
     p.add_argument("--num-classes", type=argtypes.positive_int, default=None, help="(default: the checkpoint's, else 10)")
     p.add_argument("--in-channels", type=argtypes.positive_int, default=None, help="(default: the checkpoint's, else 3)")
@@ -215,13 +220,17 @@ def _prune(args) -> dict:
     h, w = args.input_size or ((8, 8) if arch["name"] in MODEL_NAMES else (224, 224))
     x = torch.randn(1, in_channels, h, w, generator=torch.Generator().manual_seed(args.seed))
     # reduce None: the criterion's default ("mean" for the magnitude criteria accepted here).
-    report = prune(model, args.ratio, x, criterion=args.criterion, min_keep=args.min_keep, reduce=args.reduce)
+    # A ratio these limits cannot reach on this model is a failure (exit 1), as before.
+    report = prune(model, args.ratio, x, criterion=args.criterion, min_keep=args.min_keep, reduce=args.reduce,
+                   target=args.target, max_layer_ratio=args.max_layer_ratio, round_to=args.round_to)
     _check_out(args)  # again: the file may have appeared meanwhile
     path = save_pruned(model, args.out, arch=arch)
     args.written = path
     summary = {
         "model": arch["name"], "weights": weights, "ratio": args.ratio, "criterion": args.criterion,
         "reduce": get_criterion(args.criterion).reduction(args.reduce), "input_size": [h, w],
+        "target": report["target"], "requested": report["requested"], "achieved": report["achieved"],
+        "max_layer_ratio": report["max_layer_ratio"], "round_to": report["round_to"],
     }
     for key in ("params", "flops", "macs"):
         summary[f"{key}_before"] = report[f"{key}_before"]

@@ -105,6 +105,11 @@ def find_channel_groups(trace, ignored: Sequence[nn.Module], names: dict) -> Lis
     groups: List[ChannelGroup] = []
     for dg_group in raw:
         root = dg_group[0].dep.target.module
+        if any(isinstance(item.dep.target.module, nn.MultiheadAttention) for item in dg_group):
+            # nn.MultiheadAttention ties its inner width to its input width: cutting the
+            # residual stream would regroup the remaining q/k/v rows into different heads, which
+            # computes something else than the masked network. Its width is left alone.
+            continue
         ch = _tied_channels(dg_group)
         if out_channels(root) % ch:
             continue  # a grouped conv whose groups do not divide the root's width: unprunable

@@ -65,6 +65,9 @@ class GroupLayout:
     _plans: Dict[Any, Any] = field(default_factory=dict, repr=False)
     # True once a prune has used this layout (its dependency graph describes the old model).
     _spent: bool = field(default=False, repr=False)
+    # layer_group and layer_scale on each device they were used on: copied there once, not at
+    # every epoch end (a copy from pageable host memory synchronises with the device).
+    _index_on: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @property
     def num_neurons(self) -> int:
@@ -77,8 +80,11 @@ class GroupLayout:
     def structure_from_counts(self, group_counts: torch.Tensor) -> torch.Tensor:
         """Per-layer kept output channels, int64 [m, L], from kept counts per group [m, G] (what
         `layer_counts` or `global_masks_counts` return for `group_sizes`)."""
-        idx = self.layer_group.to(group_counts.device)
-        return group_counts[:, idx] * self.layer_scale.to(group_counts.device)
+        key = str(group_counts.device)
+        if key not in self._index_on:
+            self._index_on[key] = (self.layer_group.to(group_counts.device), self.layer_scale.to(group_counts.device))
+        idx, scale = self._index_on[key]
+        return group_counts[:, idx] * scale
 
     def layer_channels(self) -> Dict[str, int]:
         """Current output channels of every layer of the structure vector."""
@@ -138,6 +144,8 @@ def group_layout(model: nn.Module, example_inputs, ignored_layers=(), *, observe
     for s in sizes[:-1]:
         offsets.append(offsets[-1] + s)
     traced = set(trace.dg.module2node)
+    # nn.MultiheadAttention calls its out_proj's weights functionally: that is not untraced.
+    traced |= {sub for m in names if isinstance(m, nn.MultiheadAttention) for sub in m.modules()}
     shapes = {}
     for g in groups:
         for mem in g.members:

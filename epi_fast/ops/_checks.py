@@ -151,25 +151,70 @@ def segment_sizes(sizes, total: int, name: str = "segment_sizes") -> list[int]:
     return out
 
 
-def min_keep(value) -> int:
+def min_keep(value) -> int | torch.Tensor:
+    """min_keep's form: an int for every segment (non-negative), or one minimum per segment, a
+    1-D int64 tensor (on any device, returned as it is) or a list or tuple of ints (returned as
+    a CPU int64 tensor). A tensor's values are checked by ``segment_keeps``, after the segment
+    sizes: the wrappers never read them (see csrc/ops/masks.h)."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype != torch.int64:
+            raise TypeError(f"min_keep tensor has dtype {value.dtype}; expected torch.int64")
+        if value.dim() != 1:
+            raise ValueError(
+                f"min_keep must be an int or a 1-D tensor (one minimum per segment), got shape {tuple(value.shape)}"
+            )
+        return value
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"min_keep[{i}] is {v!r}; expected an integer")
+            if not -(2**63) <= v < 2**63:
+                raise ValueError(f"min_keep[{i}] = {v} does not fit in int64")
+        return torch.tensor([int(v) for v in value], dtype=torch.int64)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise ValueError(f"min_keep must be a non-negative integer, got {value!r}")
     return int(value)
 
 
-def unprotected_count(sizes: list[int] | None, total: int, keep: int) -> int:
+def segment_keeps_form(keep, sizes: list[int] | None) -> None:
+    """A per-segment min_keep (a tensor from ``min_keep``) needs segments and one entry per
+    segment; an int needs nothing. Values unread (the fake kernels have none)."""
+    if not isinstance(keep, torch.Tensor):
+        return
+    if sizes is None:
+        raise ValueError("min_keep holds one minimum per segment, but no segment_sizes were given")
+    entries = keep.shape[0]
+    if isinstance(entries, int) and entries != len(sizes):
+        raise ValueError(f"min_keep must have one entry per segment ({len(sizes)}), got {entries}")
+
+
+def segment_keeps(keep, sizes: list[int] | None) -> list[int] | None:
+    """``segment_keeps_form``, then a per-segment min_keep's values (none negative), as ints;
+    None for an int min_keep. Reads the tensor (a synchronisation when it is on a GPU)."""
+    segment_keeps_form(keep, sizes)
+    if not isinstance(keep, torch.Tensor):
+        return None
+    out = keep.detach().cpu().tolist()
+    for i, v in enumerate(out):
+        if v < 0:
+            raise ValueError(f"min_keep[{i}] = {v} is negative")
+    return out
+
+
+def unprotected_count(sizes: list[int] | None, total: int, keep: int | list[int]) -> int:
+    """The channels left removable: a segment of size s protects min(s, its min_keep), so a
+    minimum past the size protects the whole segment (both forms alike)."""
     if sizes is None:
         return total
-    return total - sum(min(s, keep) for s in sizes)
+    keeps = [keep] * len(sizes) if isinstance(keep, int) else keep
+    return total - sum(min(s, c) for s, c in zip(sizes, keeps))
 
 
-def check_removable(ks: list[int], ratios_: list[float], n: int, free: int, keep: int) -> None:
+def check_removable(ks: list[int], ratios_: list[float], n: int, free: int, keep: int | list[int]) -> None:
     for k, p in zip(ks, ratios_):
         if k > free:
-            raise ValueError(
-                f"ratio {p} removes {k} of {n} channels, but min_keep={keep} per segment leaves "
-                f"only {free} removable"
-            )
+            by = f"min_keep={keep} per segment" if isinstance(keep, int) else "the per-segment min_keep"
+            raise ValueError(f"ratio {p} removes {k} of {n} channels, but {by} leaves only {free} removable")
 
 
 def nan_count(scores: torch.Tensor) -> None:

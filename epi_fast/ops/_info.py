@@ -15,6 +15,8 @@ from .._version import __version__
 
 OPS = ("channel_scores", "taylor_scores", "taylor_accumulate_", "group_reduce", "global_masks",
        "layer_counts", "global_masks_counts", "mask_overlap")
+# Schema overloads beside each operator's default one (registered as "name.overload").
+OVERLOADS = {"global_masks": ("per_segment",), "global_masks_counts": ("per_segment",)}
 
 
 def info() -> dict:

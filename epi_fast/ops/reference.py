@@ -100,12 +100,15 @@ def _order(scores: torch.Tensor) -> torch.Tensor:
     return torch.sort(scores + 0.0, stable=True).indices
 
 
-def global_masks(scores, ratios, segment_sizes=None, min_keep: int = 1):
+def global_masks(scores, ratios, segment_sizes=None, min_keep=1):
     V.scores_vector(scores)
     ratios_ = V.ratios(ratios)
-    keep = V.min_keep(min_keep)
+    keep = V.min_keep(min_keep)  # an int, or a tensor of one minimum per segment
     n = scores.numel()
     sizes = None if segment_sizes is None else V.segment_sizes(segment_sizes, n)
+    per_segment = V.segment_keeps(keep, sizes)  # its values as ints (None for an int)
+    if per_segment is not None:
+        keep = per_segment
     V.nan_count(scores)
     ks = [V.removal_count(p, n) for p in ratios_]
     V.check_removable(ks, ratios_, n, V.unprotected_count(sizes, n, keep), keep)
@@ -113,15 +116,17 @@ def global_masks(scores, ratios, segment_sizes=None, min_keep: int = 1):
     device = scores.device
     order = _order(scores)
     protected = torch.zeros(n, dtype=torch.bool, device=device)
-    if sizes is not None and keep > 0:
+    if sizes is not None and (per_segment is not None or keep > 0):
         rank = torch.empty(n, dtype=torch.int64, device=device)
         rank[order] = torch.arange(n, device=device)
         seg = torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
-        # Within each segment, descending removal rank: the first min_keep are the protected.
+        # Within each segment, descending removal rank: the first min_keep of that segment are
+        # the protected (all of it when its min_keep is past its size).
         by_seg = torch.argsort(seg * n + (n - 1 - rank))
         starts = torch.tensor([0] + sizes[:-1], device=device).cumsum(0)
         pos = torch.arange(n, device=device) - starts[seg[by_seg]]
-        protected[by_seg[pos < keep]] = True
+        limit = keep if per_segment is None else torch.tensor(per_segment, device=device)[seg[by_seg]]
+        protected[by_seg[pos < limit]] = True
     removable = order[~protected[order]]
 
     masks = torch.ones(len(ks), n, dtype=torch.bool, device=device)
@@ -145,7 +150,7 @@ def layer_counts(masks, segment_sizes) -> torch.Tensor:
     return _segment_sums(masks, sizes)
 
 
-def global_masks_counts(scores, ratios, segment_sizes, min_keep: int = 1):
+def global_masks_counts(scores, ratios, segment_sizes, min_keep=1):
     if segment_sizes is None:
         raise ValueError("segment_sizes is None: counts are taken per segment, pass the layer sizes")
     masks, thresholds = global_masks(scores, ratios, segment_sizes, min_keep)

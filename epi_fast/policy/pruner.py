@@ -26,8 +26,9 @@ from ..criteria import criterion_names, get_criterion, gradient_criterion_names
 from ..distributed import is_ddp, rank_zero_for
 from ..indicator import IndicatorBank
 from ..layout import unwrap_model
-from ..surgery import count_ops, prune
-from ..targets import DEFAULT_MAX_LAYER_RATIO
+from ..surgery import count_ops
+from ..surgery.removal import prune_to
+from ..targets import DEFAULT_MAX_LAYER_RATIO, TOLERANCE
 from ..surgery.optimizer import check_optimizer_holds_model
 from .config import PrunerConfig
 from .decision import LatePruneWarning, late_prune_message, prune_decision
@@ -362,21 +363,15 @@ class EPIPruner:
         # Identical channels on every rank even if float scores differed in the last bit.
         if self._sync is not None:
             scores = self._sync.broadcast(scores)
-        report = prune(
-            self.module,
-            self.ratio,
-            self.example_inputs,
-            criterion=self.config.criterion,
-            scores=scores,
-            optimizer=self.optimizer,
-            min_keep=self.min_keep,
-            ignored_layers=self.config.ignored_layers,
-            layout=tracker.layout,
-            reduce=self.reduce,
-            target=self.config.target,
-            max_layer_ratio=self.config.max_layer_ratio,
-            round_to=self.config.round_to,
-        )
+        cfg = self.config
+        report = prune_to(self.module, self.ratio, self.example_inputs, cfg.criterion, scores, self.optimizer,
+                          self.min_keep, cfg.ignored_layers, tracker.layout, self.reduce, cfg.target,
+                          cfg.max_layer_ratio, cfg.round_to, strict=False)
+        if abs(report["achieved"] - self.ratio) > TOLERANCE:
+            warnings.warn(
+                f"pruned {report['achieved']:.4f} of the {cfg.target} for a requested {self.ratio}: the structure EPI "
+                f"tracked could not come nearer under these limits and rounding", stacklevel=3,
+            )
         self._pruned = True
         self._prune_epoch = self._epoch
         self._prune_reason = reason

@@ -125,7 +125,10 @@ class StructureTracker:
         return scores
 
     def _masks_counts(self, scores: torch.Tensor):
-        chosen = self.selector.select(scores, list(self.config.ratios))
+        # The structure at initialisation must meet every ratio (or the pruner is refused at
+        # once); later epochs take the nearest cut, so that a run is never stopped mid-way.
+        strict = not self._t0_recorded
+        chosen = self.selector.select(scores, list(self.config.ratios), strict=strict)
         return chosen.masks, self.layout.structure_from_counts(chosen.counts)
 
     def _observe(self, scores: torch.Tensor) -> EpochRecord:

@@ -90,6 +90,14 @@ def prune(
     groups_pruned, neurons_removed, channels_removed. Raises ValueError/TypeError before touching anything on bad input; on
     any failure the model and optimizer are left unchanged.
     """
+    return prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_keep, ignored_layers, layout, reduce,
+                    target, max_layer_ratio, round_to, strict=True)
+
+
+def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_keep, ignored_layers, layout, reduce,
+             target, max_layer_ratio, round_to, *, strict: bool) -> dict:
+    """`prune`; strict=False cuts at the nearest reachable structure even when it is further
+    than 0.01 from the ratio (EPIPruner: the structure EPI tracked, see `Selector.select`)."""
     model = unwrap_model(model)
     ratio = check_ratio(ratio, "ratio")
     # An empty group would disconnect the network: min_keep is at least 1 here.
@@ -108,7 +116,7 @@ def prune(
         _check_layout(layout, model)
     selector = Selector(layout, target, min_keep, max_layer_ratio, round_to, example_inputs)
     _warn_untraced(layout)
-    keep = _keep_mask(layout, crit, scores, ratio, selector, reduce)
+    keep = _keep_mask(layout, crit, scores, ratio, selector, reduce, strict)
     _check_optimizer(optimizer, layout, keep)
 
     measured = measured_flops(layout, example_inputs)  # the FLOPs target's count, if it took one
@@ -170,12 +178,13 @@ def _warn_untraced(layout: GroupLayout) -> None:
         )
 
 
-def _keep_mask(layout: GroupLayout, crit, scores, ratio: float, selector: Selector, reduce: str) -> torch.Tensor:
+def _keep_mask(layout: GroupLayout, crit, scores, ratio: float, selector: Selector, reduce: str,
+               strict: bool) -> torch.Tensor:
     """bool [N] on the host: the neurons the selection rule keeps at `ratio`, from `scores` or
     the criterion's."""
     if scores is None:
         scores = crit.group_scores(layout, reduce)
-    return selector.select(scores, [ratio]).masks[0].cpu()
+    return selector.select(scores, [ratio], strict=strict).masks[0].cpu()
 
 
 def _check_structure(layers, kept, expected) -> None:
@@ -221,6 +230,9 @@ def _affected(layout: GroupLayout, keep: torch.Tensor):
     for g, _ in work:
         for mem in g.members:
             touched.add(id(mem.module))
+            if isinstance(mem.module, nn.Module):
+                # A member's own submodules are cut with it (nn.MultiheadAttention's out_proj).
+                touched.update(id(sub) for sub in mem.module.modules())
     params = []
     for module in layout.model.modules():
         for attr, p in module._parameters.items():

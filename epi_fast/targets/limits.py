@@ -14,45 +14,15 @@
 from __future__ import annotations
 
 import math
-import numbers
-from typing import Any, Mapping, Optional, Tuple
+from typing import Mapping, Tuple
 
 import torch
 
-from .._args import check_int, check_unit
+from .._args import DEFAULT_MAX_LAYER_RATIO, TARGETS, check_max_layer_ratio, check_round_to, check_target
 from ..layout import GroupLayout
 
 __all__ = ["DEFAULT_MAX_LAYER_RATIO", "TARGETS", "check_target", "check_max_layer_ratio", "check_round_to",
            "group_minimums", "rounding_bounds"]
-
-# No layer loses more than 90% of its channels by default: every layer keeps at least
-# ceil(0.1 * width) channels, so that no layer collapses to one channel (docs/METHOD.md).
-DEFAULT_MAX_LAYER_RATIO = 0.9
-TARGETS = ("channels", "params", "flops")
-
-
-def check_target(target: Any) -> str:
-    if not isinstance(target, str) or target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
-    return target
-
-
-def check_max_layer_ratio(value: Any):
-    """A float in (0, 1], or a mapping from layer name to such a float (checked per entry)."""
-    if isinstance(value, Mapping):
-        out = {}
-        for name, r in value.items():
-            if not isinstance(name, str):
-                raise TypeError(f"max_layer_ratio keys must be layer names, got {name!r}")
-            out[name] = check_unit(r, f"max_layer_ratio[{name!r}]", low_open=True, high_open=False)
-        return out
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"max_layer_ratio must be a number in (0, 1] or a mapping from layer name to one, got {value!r}")
-    return check_unit(value, "max_layer_ratio", low_open=True, high_open=False)
-
-
-def check_round_to(value: Any) -> Optional[int]:
-    return None if value is None else check_int(value, "round_to", 1)
 
 
 def _removable(ratio: float, width: int) -> int:

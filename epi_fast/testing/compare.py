@@ -5,8 +5,8 @@ benchmarks (the boolean ``close`` / ``equal``).
 - Scores: rtol 1e-5, atol 1e-6 for short rows. Every implementation accumulates in float32
   (float16/bfloat16 inputs are widened exactly to float32 first, so the same tolerance applies
   to them), but in a different order: the CPU kernels sum a row in 16 interleaved lanes folded
-  in a fixed tree, PyTorch uses its own blocked order, the CUDA kernels a warp's lanes, and CUDA
-  may contract a multiply-add into an FMA. For a sum of n non-negative terms (L1, L2 squares)
+  in a fixed tree, PyTorch uses its own blocked order, the CUDA kernels a team of lanes (a long
+  row's chunk sums added in order), and CUDA may contract a multiply-add into an FMA. For a sum of n non-negative terms (L1, L2 squares)
   two such orders differ by at most about (n/8 + 32) units of roundoff (u = 2^-24) relative to
   the sum, so long rows get rtol = (n/8 + 32) * u when that exceeds 1e-5 (``score_rtol``).
   Signed sums (Taylor, group sums) cancel, so their bound is absolute and scales with the sum of

@@ -315,3 +315,28 @@ def test_sigterm_while_pruning_exits_143_and_writes_nothing(tmp_path, capsys, mo
     assert err.splitlines()[-1] == f"epi-fast prune: interrupted (SIGTERM): {tmp_path / 'm.pt'} was not written"
     assert signal.getsignal(signal.SIGTERM) is before
     assert os.listdir(tmp_path) == []
+
+
+def test_target_limits_and_rounding_reach_the_summary(tmp_path, capsys):
+    argv = ["--model", "mobilenet_small", "--ratio", "0.4", "--target", "params", "--max-layer-ratio", "0.8",
+            "--round-to", "2", "--out", str(tmp_path / "t.pt")]
+    code, out, _ = run(argv, capsys)
+    s = json.loads(out)
+    assert code == 0 and (s["target"], s["requested"], s["round_to"], s["max_layer_ratio"]) == ("params", 0.4, 2, 0.8)
+    assert abs(s["achieved"] - 0.4) <= 0.01
+    assert s["achieved"] == pytest.approx(1 - s["params_after"] / s["params_before"], abs=1e-12)
+
+
+@pytest.mark.parametrize("extra, code_, message", [
+    (["--target", "bytes"], 2, "invalid choice: 'bytes'"),
+    (["--round-to", "0"], 2, "--round-to"),
+    (["--max-layer-ratio", "0"], 2, "max_layer_ratio must be in (0, 1]"),
+    (["--max-layer-ratio", "nope=0.2"], 1, "max_layer_ratio names 'nope'"),
+    (["--ratio", "0.95", "--max-layer-ratio", "0.5"], 1, "nearest reachable ratios are"),
+])
+def test_bad_target_arguments_are_refused_in_one_line(tmp_path, capsys, extra, code_, message):
+    argv = ["--model", "resnet_small", "--ratio", "0.5", "--out", str(tmp_path / "x.pt"), *extra]
+    code, _, err = run(argv, capsys)
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert code == code_ and len(errors) == 1 and message in errors[0]
+    assert not (tmp_path / "x.pt").exists()

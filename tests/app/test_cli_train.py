@@ -390,3 +390,29 @@ def test_run_files_follow_the_umask(tmp_path, monkeypatch, umask):
     assert stat.S_IMODE(os.stat(tmp_path / "run").st_mode) == 0o777 & ~umask
     for name in os.listdir(tmp_path / "run"):
         assert stat.S_IMODE(os.stat(tmp_path / "run" / name).st_mode) == 0o666 & ~umask, name
+
+
+def test_a_flops_target_with_limits_and_rounding(tmp_path):
+    out = tmp_path / "flops"
+    assert _train(out, "--target", "flops", "--ratio", "0.4", "--max-layer-ratio", "0.8", "--round-to", "4",
+                  "--deadline-epoch", "3") == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["target"], s["requested"], s["max_layer_ratio"], s["round_to"]) == ("flops", 0.4, 0.8, 4)
+    assert abs(s["achieved"] - 0.4) <= 0.01
+    assert abs(1 - s["flops_after"] / s["flops_before"] - s["achieved"]) < 1e-9
+    assert all(k % 4 == 0 or k < 4 for k in s["kept_counts"].values())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--target", "bytes"], "invalid choice: 'bytes'"),
+    (["--round-to", "0"], "--round-to: the value must be an integer >= 1"),
+    (["--max-layer-ratio", "1.5"], r"max_layer_ratio must be in (0, 1]"),
+    (["--max-layer-ratio", "nope=0.5"], "max_layer_ratio names 'nope', which is not a module"),
+    (["--ratio", "0.95", "--max-layer-ratio", "0.5"], "nearest reachable ratios are"),
+])
+def test_bad_target_arguments_are_one_line_usage_errors(tmp_path, capsys, extra, message):
+    code = _train(tmp_path / "bad", *extra)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "bad").exists() or not os.listdir(tmp_path / "bad") or \
+        json.loads((tmp_path / "bad" / "summary.json").read_text())["status"] == "failed"

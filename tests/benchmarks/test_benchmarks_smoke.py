@@ -115,3 +115,27 @@ def test_targets_map_to_the_issues_pipelines():
     row = t["CPU: epoch-end pipeline (scores, masks, counts, EPI update; 9 ratios) >= 4x plain PyTorch on mobilenet_v2"]
     assert row["status"] == "FAIL" and "vs loop" in row["value"]
     assert t["CPU: epoch-end pipeline (scores, masks, counts; 9 ratios) >= 2x plain PyTorch on resnet50"]["status"] == "n/a"
+
+
+def test_time_budget_leaves_out_what_it_must_and_says_so(tmp_path):
+    import time
+
+    from benchmarks.__main__ import parse_args
+
+    args = parse_args(["--quick", "--mlp-params", "none", "--budget-s", "30", "--models", "resnet50"])
+    assert args.mlp_params == "none" and args.budget_s == 30.0
+    prev_threads = torch.get_num_threads()
+    try:
+        cfg = run.config_for("smoke", torch.device("cpu"), threads=1)
+        cfg.deadline = time.monotonic() - 1.0  # already spent: nothing starts
+        results = run.run(cfg)
+    finally:
+        torch.set_num_threads(prev_threads)
+    assert results["skipped_for_time"] == ["workload 1 and later"]
+    assert results["cases"] == []
+    results["machine"] = report.machine_name(torch.device("cpu"))
+    results["targets"] = report.evaluate_targets(results)
+    written = report.write_all(results, tmp_path, "budget")
+    md = (tmp_path / "budget.md").read_text()
+    assert "left out to keep within the time budget" in md and "workload 1 and later" in md
+    assert {p.suffix for p in written} >= {".json", ".md"}

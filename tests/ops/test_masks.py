@@ -5,10 +5,21 @@ thresholds and counts are compared exactly; the ratios in the messages are print
 ``repr()`` prints them, for every float. The reference's own oracle: Python sorting of
 (score, index) tuples (numpy's ``lexsort`` for the 2^20 scores).
 
+min_keep per segment (the ``.per_segment`` overloads): hand-computed cases in every form (a
+tensor on the device or the CPU, a list, a tuple, a view with a storage offset), its rows of the
+error table and raw messages, and property tests against the brute force (which takes one
+minimum per segment) and between the int form and a tensor filled with it.
+
 CPU radix select (called on the CPU operator and the reference directly): global_masks descends
 one 11-bit digit at a time into the buckets that hold the wanted ranks; inputs whose keys share
 many leading bits (scores a few ulps apart), heavy ties at the k-th key and duplicated ratios
 walk every level and the tie fix-up, and must give the reference's masks and thresholds exactly.
+
+CUDA paths (marked ``cuda``, skipped without a GPU; ``pytest -m cuda`` collects them): each
+compared with the CPU operator bit for bit: more ratios than gridDim.y holds, large segments
+with min_keep >= 2 (the segmented sort), per-segment minima through each protection path, the
+per-segment maximum's tie rule, NaN counts over many blocks and their precedence, storage
+offsets, run-to-run determinism, a non-default stream, CPU scores with a CUDA min_keep.
 """
 
 from __future__ import annotations
@@ -180,6 +191,104 @@ def test_global_masks_counts_is_masks_then_counts(impl):
     assert_exact(thr, torch.tensor([-INF, 2.0]), impl.name)
 
 
+# -- min_keep per segment: a 1-D int64 tensor (on the implementation's device or the CPU), a list
+# or a tuple, one minimum per segment; a segment of size s protects min(s, its minimum).
+
+def keep_forms(impl, keeps):
+    """The forms of one per-segment min_keep: a tensor on the scores' device, a CPU tensor, a
+    list, a tuple, and a view with a storage offset."""
+    padded = torch.tensor([99] + list(keeps), dtype=torch.int64, device=impl.device)[1:]
+    assert padded.storage_offset() == 1
+    return [impl.t(keeps, torch.int64), torch.tensor(keeps, dtype=torch.int64), list(keeps), tuple(keeps), padded]
+
+
+def check_per_segment(impl, scores, ratios, sizes, keeps, rows, thresholds):
+    for keep in keep_forms(impl, keeps):
+        check_masks(impl, scores, ratios, rows, thresholds, segment_sizes=sizes, min_keep=keep)
+        counts = impl.ops.global_masks_counts(impl.t(scores, F32), ratios, sizes, keep)[2]
+        assert_exact(counts, impl.ops.layer_counts(masks_of(rows).to(impl.device), sizes), f"{impl.name} counts")
+
+
+def test_global_masks_min_keep_per_segment(impl):
+    # segments [3, 2, 1, 2], minima [2, 0, 1, 1]: protected 2 (3.0) and 1 (2.0) of the first,
+    # none of the second, 5 (9.0), and of the tie 0.0 / 0.0 the higher index 7. Removable in
+    # order: 6 (0.0), 3 (0.5), 4 (0.6), 0 (1.0).
+    scores = [1.0, 2.0, 3.0, 0.5, 0.6, 9.0, 0.0, 0.0]
+    check_per_segment(impl, scores, [0.25, 0.5], [3, 2, 1, 2], [2, 0, 1, 1], ["11101101", "01100101"], [0.5, 1.0])
+    # 4 removable; p = 0.6 -> k = 5
+    with pytest.raises(ValueError, match=r"^ratio 0.6 removes 5 of 8 channels, but the per-segment min_keep "
+                                         r"leaves only 4 removable$"):
+        impl.ops.global_masks(impl.t(scores), [0.5, 0.6], [3, 2, 1, 2], impl.t([2, 0, 1, 1]))
+
+
+def test_global_masks_min_keep_per_segment_past_the_size(impl):
+    # sizes [2, 4], minima [5, 1]: a minimum past the size protects the whole segment, as the int
+    # form does (min_keep=3 on a segment of 2). Removable: 3 (1.0), 5 (3.0), 2 (5.0).
+    scores = [0.0, 0.0, 5.0, 1.0, 7.0, 3.0]
+    check_per_segment(impl, scores, [0.3, 0.45], [2, 4], [5, 1], ["111010", "110010"], [3.0, 5.0])
+    check_per_segment(impl, scores, [0.3, 0.45], [2, 4], [2, 1], ["111010", "110010"], [3.0, 5.0])
+    check_per_segment(impl, scores, [0.3, 0.45], [2, 4], [2**62, 1], ["111010", "110010"], [3.0, 5.0])
+    with pytest.raises(ValueError, match=r"removes 4 of 6 channels, but the per-segment min_keep leaves only 3"):
+        impl.ops.global_masks(impl.t(scores), 0.6, [2, 4], [5, 1])
+
+
+def test_global_masks_min_keep_per_segment_zeros(impl):
+    # every minimum 0: nothing protected, the masks of no segments at all
+    scores = [1.0, 2.0, 3.0, 0.5, 0.6, 9.0, 0.0, 0.0]
+    check_per_segment(impl, scores, [0.25, 0.95], [3, 2, 1, 2], [0, 0, 0, 0], ["11111100", "00000000"], [0.0, 9.0])
+
+
+def test_global_masks_min_keep_per_segment_size_one_and_empty(impl):
+    # six segments of one channel, every other one kept: removable 5 (0.0), 3 (2.0), 1 (4.0)
+    check_per_segment(impl, [5.0, 4.0, 3.0, 2.0, 1.0, 0.0], [0.2, 0.5], [1] * 6, [1, 0, 1, 0, 1, 0],
+                      ["111110", "101010"], [0.0, 4.0])
+    # empty segments take any minimum (7 protects none of 0 channels); [0, 3, 0, 2]: 0 (3.0) of
+    # the second, both of the fourth protected; removable 1 (1.0), 2 (2.0)
+    check_per_segment(impl, [3.0, 1.0, 2.0, 5.0, 4.0], [0.2, 0.4], [0, 3, 0, 2], [7, 1, 0, 2],
+                      ["10111", "10011"], [1.0, 2.0])
+
+
+def test_global_masks_min_keep_per_segment_ties_and_signed_zeros(impl):
+    # -0.0 equals +0.0: of each pair the higher index is protected, whichever sign it has
+    check_per_segment(impl, [0.0, -0.0, 0.0, -0.0], [0.5], [2, 2], [1, 1], ["0101"], [0.0])
+    check_per_segment(impl, [-0.0, 0.0, -0.0, 0.0], [0.5], [2, 2], [1, 1], ["0101"], [0.0])
+    # two protected of three: 2 (1.0) and, of the equal zeros, 1; the threshold is +0.0
+    masks, thr = impl.ops.global_masks(impl.t([-0.0, 0.0, 1.0]), 0.2, [3], impl.t([2]))
+    assert_exact(masks, masks_of(["011"]), impl.name)
+    assert thr.cpu().view(torch.int32).tolist() == [0], "threshold is -0.0, not +0.0"
+    # all scores equal: the highest indices of each segment are protected
+    check_per_segment(impl, [2.0] * 6, [0.5], [3, 3], [1, 2], ["001011"], [2.0])
+    check_per_segment(impl, [2.0] * 6, [0.3], [3, 3], [2, 0], ["011011"], [2.0])
+
+
+def test_global_masks_min_keep_int_equals_filled_tensor(impl):
+    scores = impl.t([1.0, 2.0, 3.0, 0.5, 0.6, 9.0, 0.0, 0.0])
+    for keep in (0, 1, 2, 3):
+        free = 8 - sum(min(size, keep) for size in (3, 2, 1, 2))
+        ratios = [p for p in (0.0, 0.1, 0.25, 0.5) if math.floor(p * 8 + 0.5) <= free]
+        a = impl.ops.global_masks_counts(scores, ratios, [3, 2, 1, 2], keep)
+        b = impl.ops.global_masks_counts(scores, ratios, [3, 2, 1, 2], torch.full((4,), keep, dtype=torch.int64))
+        for x, y, what in zip(a, b, ("masks", "thresholds", "counts")):
+            assert_exact(y, x, f"{impl.name} {what} (min_keep={keep})")
+
+
+def test_global_masks_min_keep_tensor_needs_segments(impl):
+    with pytest.raises(ValueError, match=r"^min_keep holds one minimum per segment, but no segment_sizes were given$"):
+        impl.ops.global_masks(scores(impl, 8), 0.5, None, impl.t([1], torch.int64))
+    with pytest.raises(ValueError, match=r"no segment_sizes were given"):
+        impl.ops.global_masks(scores(impl, 8), 0.5, min_keep=[1])
+
+
+def test_global_masks_order_nan_before_k(impl):
+    # Scores with a NaN and a k past the unprotected count: the NaN count is named first, on every
+    # implementation and for both min_keep forms.
+    s = impl.t([1.0, NAN, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    for keep in (3, impl.t([3, 3], torch.int64)):
+        for call in (impl.ops.global_masks, impl.ops.global_masks_counts):
+            with pytest.raises(ValueError, match=r"^scores contain 1 NaN value; masks are undefined$"):
+                call(s, [0.5, 0.9], [4, 4], keep)
+
+
 # -- error table: (id, call(impl, ops), exception, match) --------------------------------------
 
 def gm(ratios, sizes=None, keep=1, n=8, scores_fn=None, counts=False):
@@ -188,10 +297,11 @@ def gm(ratios, sizes=None, keep=1, n=8, scores_fn=None, counts=False):
     def call(impl, ops):
         s = scores_fn(impl) if scores_fn else scores(impl, n)
         r = ratios(impl) if callable(ratios) else ratios
+        k = keep(impl) if callable(keep) else keep
         if not counts:
-            return ops.global_masks(s, r, sizes, keep)
+            return ops.global_masks(s, r, sizes, k)
         whole = [s.numel()] if isinstance(s, torch.Tensor) else [len(s)]
-        return ops.global_masks_counts(s, r, whole if sizes is None else sizes, keep)
+        return ops.global_masks_counts(s, r, whole if sizes is None else sizes, k)
     call.args = dict(ratios=ratios, sizes=sizes, keep=keep, n=n, scores_fn=scores_fn)
     return call
 
@@ -238,6 +348,54 @@ GLOBAL_MASKS = [
     ("min-keep-bool", gm(0.5, [4, 4], True), ValueError, r"min_keep must be a non-negative integer, got True"),
     ("k-exceeds-unprotected", gm([0.5, 0.9], [4, 4], 3), ValueError,
      r"ratio 0.5 removes 4 of 8 channels, but min_keep=3 per segment leaves only 2 removable"),
+    ("nan-and-k-exceeds", gm([0.5, 0.9], [4, 4], 3, scores_fn=lambda i: i.t([NAN] + [1.0] * 7)), ValueError,
+     r"^scores contain 1 NaN value; masks are undefined$"),
+    # min_keep per segment: its form (dtype, dim), then the segment sizes, then its length and
+    # entries, then the NaN count, then k
+    ("keeps-float-tensor", gm(0.5, [4, 4], lambda i: i.t([1.0, 1.0])), TypeError,
+     r"^min_keep tensor has dtype torch.float32; expected torch.int64$"),
+    ("keeps-int32-tensor", gm(0.5, [4, 4], lambda i: i.t([1, 1], torch.int32)), TypeError,
+     r"min_keep tensor has dtype torch.int32; expected torch.int64"),
+    ("keeps-bool-tensor", gm(0.5, [4, 4], lambda i: i.t([True, False])), TypeError,
+     r"min_keep tensor has dtype torch.bool; expected torch.int64"),
+    ("keeps-2d-tensor", gm(0.5, [4, 4], lambda i: i.t([[1, 1]])), ValueError,
+     r"^min_keep must be an int or a 1-D tensor \(one minimum per segment\), got shape \(1, 2\)$"),
+    ("keeps-0d-tensor", gm(0.5, [4, 4], lambda i: i.t(1)), ValueError,
+     r"min_keep must be an int or a 1-D tensor \(one minimum per segment\), got shape \(\)"),
+    ("keeps-short", gm(0.5, [4, 4], lambda i: i.t([1])), ValueError,
+     r"^min_keep must have one entry per segment \(2\), got 1$"),
+    ("keeps-long", gm(0.5, [4, 4], lambda i: i.t([1, 1, 1])), ValueError,
+     r"min_keep must have one entry per segment \(2\), got 3"),
+    ("keeps-list-long", gm(0.5, [4, 4], [1, 1, 1]), ValueError, r"min_keep must have one entry per segment \(2\), got 3"),
+    ("keeps-negative", gm(0.5, [4, 4], lambda i: i.t([1, -2])), ValueError, r"^min_keep\[1\] = -2 is negative$"),
+    ("keeps-list-negative", gm(0.5, [4, 4], [-1, 0]), ValueError, r"^min_keep\[0\] = -1 is negative$"),
+    ("keeps-list-float", gm(0.5, [4, 4], [1, 1.5]), TypeError, r"^min_keep\[1\] is 1.5; expected an integer$"),
+    ("keeps-list-bool", gm(0.5, [4, 4], (True, 1)), TypeError, r"^min_keep\[0\] is True; expected an integer$"),
+    ("keeps-list-past-int64", gm(0.5, [4, 4], [2**63, 1]), ValueError,
+     r"^min_keep\[0\] = 9223372036854775808 does not fit in int64$"),
+    ("keeps-k-exceeds", gm([0.25, 0.5], [4, 4], lambda i: i.t([3, 2])), ValueError,
+     r"^ratio 0.5 removes 4 of 8 channels, but the per-segment min_keep leaves only 3 removable$"),
+    ("keeps-list-k-exceeds", gm([0.5, 0.6], [4, 4], [4, 0]), ValueError,
+     r"^ratio 0.6 removes 5 of 8 channels, but the per-segment min_keep leaves only 4 removable$"),
+    # precedence: one thing wrong in each of two places, the earlier check names its own
+    ("keeps-dtype-before-sizes", gm(0.5, [3, 4], lambda i: i.t([1.0, 1.0])), TypeError, r"min_keep tensor has dtype"),
+    ("keeps-sizes-before-entries", gm(0.5, [3, 4], lambda i: i.t([-1, 1])), ValueError,
+     r"^segment_sizes add up to 7, but there are 8 channels$"),
+    ("keeps-sizes-before-length", gm(0.5, [3, 4], [1]), ValueError, r"^segment_sizes add up to 7"),
+    ("keeps-ratio-before-form", gm(1.5, [4, 4], lambda i: i.t([1.0, 1.0])), ValueError, r"^ratio 1.5"),
+    ("keeps-length-before-nan", gm(0.5, [4, 4], [1], scores_fn=lambda i: i.t([NAN] * 8)), ValueError,
+     r"min_keep must have one entry per segment"),
+    ("keeps-entries-before-nan", gm(0.5, [4, 4], [1, -1], scores_fn=lambda i: i.t([NAN] * 8)), ValueError,
+     r"^min_keep\[1\] = -1 is negative$"),
+    ("keeps-nan-before-k", gm([0.5, 0.9], [4, 4], lambda i: i.t([3, 3]), scores_fn=lambda i: i.t([NAN] * 2 + [1.0] * 6)),
+     ValueError, r"^scores contain 2 NaN values; masks are undefined$"),
+]
+
+# Only through global_masks: global_masks_counts always has segments (its table gives them one).
+GLOBAL_MASKS_ONLY = [
+    ("keeps-without-segments", gm(0.5, None, lambda i: i.t([1, 1])), ValueError,
+     r"^min_keep holds one minimum per segment, but no segment_sizes were given$"),
+    ("keeps-list-without-segments", gm(0.5, None, [1]), ValueError, r"no segment_sizes were given"),
 ]
 
 
@@ -251,13 +409,36 @@ GLOBAL_MASKS_COUNTS = [
 ]
 
 
-ERRORS = error_params(("global_masks", GLOBAL_MASKS), ("global_masks_counts", GLOBAL_MASKS_COUNTS))
+ERRORS = error_params(("global_masks", GLOBAL_MASKS + GLOBAL_MASKS_ONLY), ("global_masks_counts", GLOBAL_MASKS_COUNTS))
 
 
 @pytest.mark.parametrize("call, exc, match", ERRORS)
 def test_bad_arguments(impl, call, exc, match):
     with pytest.raises(exc, match=match):
         call(impl, impl.ops)
+
+
+def test_per_segment_overloads_enter_once_and_pass_the_error_on():
+    # The hooks of tests/ops/test_faults.py, through the .per_segment overloads (the same hook
+    # names as the default ones): one entry per call, the injected error unchanged.
+    from epi_fast.ops._ext import _C
+
+    s9 = torch.arange(9, dtype=F32)
+    calls = [("global_masks", "written", lambda: _ops.global_masks(s9, [0.2, 0.5], [4, 5], torch.tensor([1, 2]))),
+             ("global_masks", "written", lambda: _ops.global_masks(s9, torch.tensor([0.2]), (4, 5), [1, 2])),
+             ("global_masks_counts", "masks", lambda: _ops.global_masks_counts(s9, [0.2], [4, 5], torch.tensor([1, 2]))),
+             ("global_masks_counts", "written", lambda: _ops.global_masks_counts(s9, [0.2], [4, 5], [0, 3]))]
+    _C._test_reset()
+    try:
+        for op, stage, call in calls:
+            _C._test_reset()
+            _C._test_arm_fault(op, stage, "value")
+            with pytest.raises(ValueError) as info:
+                call()
+            assert str(info.value) == f"epi_fast test fault in {op} at {stage}"
+            assert _C._test_calls(op) == 1
+    finally:
+        _C._test_disable()
 
 
 # -- raw messages: (id, the raw operator call, the reference call with the same meaning) -------
@@ -278,6 +459,27 @@ CASES = [
      lambda: R.global_masks(s8(), [0.1 + 0.2, 0.7], [4, 4], 3)),
     ("masks-counts-removable", lambda: OP.global_masks_counts(s8(), [0.5], [4, 4], 3),
      lambda: R.global_masks_counts(s8(), [0.5], [4, 4], 3)),
+    ("masks-nan-and-removable", lambda: OP.global_masks(s8().sqrt().neg().sqrt(), [0.5], [4, 4], 3),
+     lambda: R.global_masks(s8().sqrt().neg().sqrt(), [0.5], [4, 4], 3)),
+] + [
+    # the .per_segment overloads: raw op (its schema's [] for no segments), the reference (None)
+    (f"{name}-{form}", (lambda op, a: lambda: op(s8(), *a))(raw_op, args),
+     (lambda fn, a: lambda: fn(s8(), *a))(ref_fn, [a if a != [] else None for a in args]))
+    for name, args in [
+        ("keeps-float", [[0.5], [4, 4], torch.tensor([1.0, 1.0])]),
+        ("keeps-int32", [[0.5], [4, 4], torch.tensor([1, 1], dtype=torch.int32)]),
+        ("keeps-2d", [[0.5], [4, 4], torch.ones(2, 1, dtype=torch.int64)]),
+        ("keeps-0d", [[0.5], [4, 4], torch.tensor(1)]),
+        ("keeps-no-segments", [[0.5], [], torch.tensor([1])]),
+        ("keeps-short", [[0.5], [4, 4], torch.tensor([1])]),
+        ("keeps-negative", [[0.5], [4, 4], torch.tensor([0, -7])]),
+        ("keeps-removable", [[0.25, 0.1 + 0.2 + 0.4], [4, 4], torch.tensor([3, 2])]),
+        ("keeps-size-negative", [[0.5], [9, -1], torch.tensor([1, -1])]),
+        ("keeps-nothing-removable", [[0.9], [4, 4], torch.tensor([4, 4])]),
+    ]
+    for form, raw_op, ref_fn in [("masks", OP.global_masks.per_segment, R.global_masks),
+                                 ("counts", OP.global_masks_counts.per_segment, R.global_masks_counts)]
+    if not (form == "counts" and name == "keeps-no-segments")
 ]
 
 
@@ -326,10 +528,11 @@ def brute_global_masks(scores: list[float], ratios: list[float], sizes, keep):
     key = {i: (scores[i] + 0.0, i) for i in range(n)}  # + 0.0: -0.0 -> +0.0
     protected = set()
     if sizes is not None:
+        keeps = [keep] * len(sizes) if isinstance(keep, int) else keep  # an int, or one per segment
         start = 0
-        for s in sizes:
+        for s, c in zip(sizes, keeps):
             members = sorted(range(start, start + s), key=key.get, reverse=True)
-            protected.update(members[:keep])
+            protected.update(members[:c])
             start += s
     removable = sorted((i for i in range(n) if i not in protected), key=key.get)
     masks, thresholds = [], []
@@ -431,6 +634,106 @@ def test_global_masks(impl, case):
         both = impl.ops.global_masks_counts(scores.to(impl.device), ratio_arg(ratios, form), sizes, keep)
         for got, want, what in zip(both, (masks, thr, counts), ("masks", "thresholds", "counts")):
             assert_exact(got.cpu(), want, f"{impl.name} global_masks_counts {what}")
+
+
+@st.composite
+def per_segment_case(draw, max_n=300):
+    """Scores with ties, signed zeros and equal runs; segments of every size from 0 (many of
+    size 1); one minimum per segment, 0 and past the segment's size included."""
+    n = draw(st.integers(1, max_n))
+    kind = draw(st.sampled_from(["normal", "ties", "zeros", "special_no_nan", "few"]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    if draw(st.booleans()):
+        cuts = sorted(draw(st.lists(st.integers(0, n), max_size=40)))
+    else:  # mostly segments of one channel
+        cuts = sorted(set(range(1, n)) - set(draw(st.lists(st.integers(1, n), max_size=n))))[:60]
+    sizes = [b - a for a, b in zip([0] + cuts, cuts + [n])]
+    keep = st.one_of(st.integers(0, 3), st.sampled_from([0, 1, 2, 7, 300, 2**40]))
+    keeps = draw(st.lists(keep, min_size=len(sizes), max_size=len(sizes)))
+    ratios = draw(st.lists(st.one_of(st.sampled_from(INTERESTING_RATIOS), st.floats(0.0, 0.9999)), min_size=1,
+                           max_size=6))
+    form = draw(st.sampled_from(["tensor", "cpu-tensor", "list", "tuple"]))
+    return n, kind, seed, sizes, keeps, ratios, form
+
+
+def keep_arg(keeps, form, device):
+    if form == "tensor":
+        return torch.tensor(keeps, dtype=torch.int64, device=device)
+    if form == "cpu-tensor":
+        return torch.tensor(keeps, dtype=torch.int64)
+    return tuple(keeps) if form == "tuple" else list(keeps)
+
+
+@fast(150)
+@given(case=per_segment_case())
+def test_global_masks_per_segment(impl, case):
+    # Every implementation against its oracle (the reference for cpu / cuda, the brute force for
+    # the reference), masks and thresholds bit for bit; global_masks_counts equal to global_masks
+    # then layer_counts; every segment keeps at least min(size, its minimum).
+    n, kind, seed, sizes, keeps, ratios, form = case
+    scores = make_scores(n, kind, torch.Generator().manual_seed(seed))
+    keep = keep_arg(keeps, form, impl.device)
+    call = lambda f: f(scores.to(impl.device), ratios, sizes, keep)  # noqa: E731
+    expected = brute_global_masks(scores.tolist(), ratios, sizes, keeps)
+    if expected is None:
+        for f in (impl.ops.global_masks, impl.ops.global_masks_counts):
+            with pytest.raises(ValueError, match=r"removes \d+ of \d+ channels, but the per-segment min_keep leaves only"):
+                call(f)
+        return
+    masks, thr = call(impl.ops.global_masks)
+    assert masks.device.type == impl.device.type
+    want = R.global_masks(scores, ratios, sizes, torch.tensor(keeps)) if impl.compiled else expected
+    assert_exact(masks, want[0], f"{impl.name} masks")
+    assert_exact(thr, want[1], f"{impl.name} thresholds")
+    if impl.compiled:  # the same bits as the reference (+0.0 for a zero); the brute force keeps -0.0
+        assert torch.equal(thr.cpu().view(torch.int32), want[1].view(torch.int32)), f"{impl.name} thresholds (bits)"
+    counts = impl.ops.layer_counts(masks, sizes)
+    both = call(impl.ops.global_masks_counts)
+    for got, exp, what in zip(both, (masks, thr, counts), ("masks", "thresholds", "counts")):
+        assert_exact(got, exp, f"{impl.name} global_masks_counts {what}")
+    floor = torch.minimum(torch.tensor(sizes), torch.tensor(keeps))
+    assert bool((counts.cpu() >= floor).all()), "a segment kept fewer than its min_keep"
+
+
+@fast(60)
+@given(case=masks_case())
+def test_global_masks_int_min_keep_equals_filled_tensor(impl, case):
+    # The int form and a tensor holding that int for every segment give the same three results,
+    # or the same refusal.
+    n, kind, seed, ratios, form, sizes, keep = case
+    if sizes is None:
+        return
+    scores = make_scores(n, kind, torch.Generator().manual_seed(seed)).to(impl.device)
+    filled = torch.full((len(sizes),), keep, dtype=torch.int64, device=impl.device)
+    try:
+        a = impl.ops.global_masks_counts(scores, ratio_arg(ratios, form), sizes, keep)
+    except ValueError as exc:
+        free = n - sum(min(s, keep) for s in sizes)
+        with pytest.raises(ValueError, match=rf"but the per-segment min_keep leaves only {free} removable$"):
+            impl.ops.global_masks_counts(scores, ratio_arg(ratios, form), sizes, filled)
+        assert f"min_keep={keep} per segment leaves only {free} removable" in str(exc)
+        return
+    b = impl.ops.global_masks_counts(scores, ratio_arg(ratios, form), sizes, filled)
+    for x, y, what in zip(a, b, ("masks", "thresholds", "counts")):
+        assert_exact(y, x, f"{impl.name} {what}")
+
+
+def test_global_masks_per_segment_many_segments(impl):
+    # 3000 layers of 0..9 channels, random minima 0..4 and some past the size
+    gen = torch.Generator().manual_seed(11)
+    sizes = torch.randint(0, 10, (3000,), generator=gen).tolist()
+    n = sum(sizes)
+    keeps = torch.randint(0, 5, (3000,), generator=gen)
+    keeps[::7] = 1000
+    scores = torch.randint(0, 20, (n,), generator=gen).float()
+    ratios = [0.0, 0.1, 0.2, 0.3]
+    masks, thr = impl.ops.global_masks(scores.to(impl.device), ratios, sizes, keeps.to(impl.device))
+    if impl.compiled:
+        ref_masks, ref_thr = R.global_masks(scores, ratios, sizes, keeps)
+    else:
+        ref_masks, ref_thr = brute_global_masks(scores.tolist(), ratios, sizes, keeps.tolist())
+    assert_exact(masks, ref_masks, impl.name)
+    assert_exact(thr, ref_thr, impl.name)
 
 
 @fast(20)
@@ -547,3 +850,208 @@ def test_global_masks_parallel_fill_chunks(n):
     exp_m, exp_t = R.global_masks(scores, RATIOS_9, [n // 2, n - n // 2], 2)
     assert torch.equal(got_m, exp_m)
     assert torch.equal(got_t, exp_t)
+
+
+# -- CUDA paths: each compared with the CPU operator exactly (marked `cuda`; skipped without a GPU)
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def cuda_test(fn):
+    return pytest.mark.cuda(needs_gpu(fn))
+
+
+def same_on_cuda_and_cpu(scores, ratios, sizes, keep, what=""):
+    """global_masks_counts (and global_masks, without segments) on CUDA equal to the CPU's, bit
+    for bit; the CUDA results, on the CPU."""
+    cpu_keep = keep.cpu() if isinstance(keep, torch.Tensor) else keep
+    cuda_keep = keep.cuda() if isinstance(keep, torch.Tensor) else keep
+    if sizes is None:
+        got = _ops.global_masks(scores.cuda(), ratios, None, cuda_keep)
+        want = _ops.global_masks(scores.cpu(), ratios, None, cpu_keep)
+    else:
+        got = _ops.global_masks_counts(scores.cuda(), ratios, sizes, cuda_keep)
+        want = _ops.global_masks_counts(scores.cpu(), ratios, sizes, cpu_keep)
+        alone = _ops.global_masks(scores.cuda(), ratios, sizes, cuda_keep)
+        for g, a in zip(got, alone):
+            assert torch.equal(g, a), f"{what}: global_masks_counts and global_masks differ on CUDA"
+    for g, w, name in zip(got, want, ("masks", "thresholds", "counts")):
+        assert g.is_cuda, f"{what}: {name} not on CUDA"
+        g = g.cpu()
+        if g.dtype == torch.float32:
+            g, w = g.view(torch.int32), w.view(torch.int32)
+        assert torch.equal(g, w), f"{what}: CUDA {name} differ from the CPU's"
+    return [g.cpu() for g in got]
+
+
+@cuda_test
+def test_cuda_more_ratios_than_grid_y():
+    # 70,000 ratios: past gridDim.y's 65,535, in the masks and in the counts of the same call
+    gen = torch.Generator().manual_seed(21)
+    n = 1000
+    scores = torch.randint(0, 40, (n,), generator=gen).float()
+    sizes = [100] * 10
+    ratios = torch.linspace(0.0, 0.98, 70_000, dtype=torch.float64).tolist()
+    masks, thr, counts = same_on_cuda_and_cpu(scores, ratios, sizes, 1, "70k ratios")
+    assert masks.shape == (70_000, n) and counts.shape == (70_000, 10)
+    assert (~masks[-1]).sum().item() == math.floor(ratios[-1] * n + 0.5)
+    same_on_cuda_and_cpu(scores, ratios[::3] + ratios[1::3], None, 0, "70k ratios, no segments")
+
+
+@cuda_test
+@pytest.mark.parametrize("keep", [2, 5, 64, "per-segment"])
+def test_cuda_large_segments_min_keep_two_or_more(keep):
+    # Segments of up to 2^19 channels protecting 2 or more each: the segmented sort path
+    gen = torch.Generator().manual_seed(22)
+    sizes = [1 << 19, 3, 1 << 18, 1, 0, 200_001]
+    n = sum(sizes)
+    scores = (torch.randint(-300, 300, (n,), generator=gen).float() / 4)
+    scores[::977] = -0.0
+    if keep == "per-segment":
+        keep = torch.tensor([1000, 2, 7, 5, 9, 1], dtype=torch.int64)
+    same_on_cuda_and_cpu(scores, [0.0, 0.1, 0.5, 0.9], sizes, keep, f"min_keep={keep}")
+
+
+@cuda_test
+@pytest.mark.parametrize("seed", range(6))
+def test_cuda_per_segment_min_keep(seed):
+    # Random minima per segment through each protection path: every minimum 0 (nothing to
+    # protect), at most 1 (the per-segment maximum), some 2 or more (the segmented sort); the
+    # tensor on the GPU, on the CPU, as a list
+    gen = torch.Generator().manual_seed(100 + seed)
+    sizes = torch.randint(0, 40, (500,), generator=gen)
+    sizes[::11] = 1
+    sizes[::13] = 0
+    sizes = sizes.tolist()
+    n = sum(sizes)
+    scores = make_scores(n, ["ties", "few", "normal", "special_no_nan", "zeros", "ties"][seed], gen)
+    for high in (1, 2, 4, 100):
+        keeps = torch.randint(0, high, (len(sizes),), generator=gen)
+        free = n - int(torch.minimum(torch.tensor(sizes), keeps).sum())
+        ratios = [p for p in (0.0, 0.05, 0.3, 0.6, 0.95) if math.floor(p * n + 0.5) <= free] + [free / n - 1e-12]
+        for form in (keeps.cuda(), keeps, keeps.tolist()):
+            same_on_cuda_and_cpu(scores, ratios, sizes, form, f"seed {seed}, minima < {high}")
+
+
+@cuda_test
+@pytest.mark.sanitize
+def test_cuda_per_segment_maximum_ties():
+    # The per-segment maximum (every segment protects at most one) keeps, among equal scores,
+    # the highest index, +0.0 and -0.0 alike, in segments larger than a block
+    n = 3 * 70_000
+    scores = torch.zeros(n)
+    scores[1::2] = -0.0
+    sizes = [70_000, 70_000, 69_999, 1]
+    for keep in (1, torch.tensor([1, 0, 1, 1]), torch.tensor([1, 1, 0, 5])):
+        masks, _, _ = same_on_cuda_and_cpu(scores, [0.25, 0.5], sizes, keep, f"ties, min_keep={keep}")
+        kept = masks[-1].nonzero().flatten().tolist()
+        expected = [end - 1 for end, c in zip(torch.tensor(sizes).cumsum(0).tolist(),
+                                               [1] * 4 if isinstance(keep, int) else keep.tolist()) if c]
+        assert all(i in kept for i in expected), "the highest index of a tied segment was not protected"
+
+
+@cuda_test
+def test_cuda_nan_count_across_blocks():
+    # NaNs spread over thousands of blocks of the key kernel are counted once each; the count
+    # is named before k against the unprotected count
+    gen = torch.Generator().manual_seed(23)
+    n = 5_000_000
+    scores = torch.randn(n, generator=gen)
+    where = torch.randperm(n, generator=gen)[:1234]
+    scores[where] = math.nan
+    gpu = scores.cuda()
+    with pytest.raises(ValueError, match=r"^scores contain 1234 NaN values; masks are undefined$"):
+        _ops.global_masks(gpu, [0.1, 0.5])
+    for keep in (3, torch.full((4,), 3, dtype=torch.int64, device="cuda")):
+        for fn in (_ops.global_masks, _ops.global_masks_counts):
+            with pytest.raises(ValueError, match=r"^scores contain 1234 NaN values; masks are undefined$"):
+                fn(gpu, [0.1, 0.99999], [n // 4] * 4, keep)
+    one = torch.zeros(n)
+    one[n - 1] = math.nan
+    with pytest.raises(ValueError, match=r"^scores contain 1 NaN value; masks are undefined$"):
+        _ops.global_masks(one.cuda(), [0.5])
+
+
+@cuda_test
+@pytest.mark.sanitize
+def test_cuda_error_order_matches_cpu():
+    # The same input refused with the same error on both devices: NaN and too large a k
+    scores = torch.tensor([NAN, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    for keep in (3, torch.tensor([3, 3])):
+        for fn in (_ops.global_masks, _ops.global_masks_counts):
+            on_cpu = raised(lambda: fn(scores, [0.9], [4, 4], keep))
+            on_cuda = raised(lambda: fn(scores.cuda(), [0.9], [4, 4], keep.cuda() if isinstance(keep, torch.Tensor) else keep))
+            assert on_cuda == on_cpu
+            assert on_cpu[1] == "scores contain 1 NaN value; masks are undefined"
+    ok = torch.arange(8, dtype=F32)
+    assert raised(lambda: _ops.global_masks(ok.cuda(), [0.9], [4, 4], 3)) == raised(lambda: _ops.global_masks(ok, [0.9], [4, 4], 3))
+
+
+@cuda_test
+@pytest.mark.sanitize
+def test_cuda_inputs_with_a_storage_offset():
+    gen = torch.Generator().manual_seed(24)
+    base = torch.randint(0, 30, (10_007,), generator=gen).float()
+    keep_base = torch.tensor([9, 3, 0, 2, 1], dtype=torch.int64)
+    sizes = [4000, 3000, 2000, 1000]
+    scores = base.cuda()[7:]  # contiguous, storage offset 7
+    keep = keep_base.cuda()[1:]
+    assert scores.storage_offset() == 7 and keep.storage_offset() == 1
+    same_on_cuda_and_cpu(scores, [0.1, 0.4], sizes, keep, "offset")
+    same_on_cuda_and_cpu(scores, [0.1, 0.4], sizes, 2, "offset, int")
+    strided = base.cuda()[::2][:5000]
+    same_on_cuda_and_cpu(strided, [0.1, 0.4], [2500, 2500], 3, "strided")
+
+
+@cuda_test
+def test_cuda_run_to_run_determinism():
+    gen = torch.Generator().manual_seed(25)
+    sizes = torch.randint(0, 3000, (300,), generator=gen).tolist()
+    n = sum(sizes)
+    scores = (torch.randint(0, 100, (n,), generator=gen).float()).cuda()
+    ratios = [0.1, 0.3, 0.5]
+    for keep in (0, 1, 3, torch.randint(0, 3, (300,), generator=gen).cuda()):
+        first = _ops.global_masks_counts(scores, ratios, sizes, keep)
+        for _ in range(3):
+            again = _ops.global_masks_counts(scores, ratios, sizes, keep)
+            for a, b in zip(first, again):
+                assert torch.equal(a, b), "two runs differ"
+
+
+@cuda_test
+def test_cuda_non_default_stream():
+    # Everything runs on the caller's current stream: the scores are written on a side stream
+    # behind a delay, and the operators called on that stream read them after the write
+    gen = torch.Generator().manual_seed(26)
+    n = 300_000
+    source = torch.randint(0, 50, (n,), generator=gen).float()
+    sizes = [n // 3, n // 3, n - 2 * (n // 3)]
+    src = source.cuda()
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    for keep in (1, 4, torch.tensor([1, 0, 2])):
+        with torch.cuda.stream(side):
+            scores = torch.empty(n, device="cuda")
+            torch.cuda._sleep(50_000_000)
+            scores.copy_(src)
+            k = keep.cuda() if isinstance(keep, torch.Tensor) else keep
+            masks, thr, counts = _ops.global_masks_counts(scores, [0.2, 0.6], sizes, k)
+            alone = _ops.global_masks(scores, [0.2, 0.6], sizes, k)
+        side.synchronize()
+        want = _ops.global_masks_counts(source, [0.2, 0.6], sizes, keep)
+        assert torch.equal(masks.cpu(), want[0]) and torch.equal(alone[0].cpu(), want[0])
+        assert torch.equal(thr.cpu(), want[1]) and torch.equal(counts.cpu(), want[2])
+
+
+@cuda_test
+@pytest.mark.sanitize
+def test_cuda_min_keep_tensor_with_cpu_scores():
+    # A CUDA min_keep with CPU scores: the dispatcher picks the CUDA key; the work runs, and
+    # the results live, where the scores are
+    scores = torch.tensor([1.0, 2.0, 3.0, 0.5, 0.6, 9.0, 0.0, 0.0])
+    keep = torch.tensor([2, 0, 1, 1], device="cuda")
+    for fn in (_ops.global_masks, _ops.global_masks_counts, OP.global_masks.per_segment,
+               OP.global_masks_counts.per_segment):
+        out = fn(scores, [0.25, 0.5], [3, 2, 1, 2], keep)
+        assert all(t.device.type == "cpu" for t in out)
+        assert_exact(out[0], masks_of(["11101101", "01100101"]), "masks")

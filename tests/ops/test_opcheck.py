@@ -68,6 +68,10 @@ def sample_calls(ops):
     yield "layer_counts", lambda: ops.layer_counts(masks, [5, 0, 7])
     yield "global_masks_counts", lambda: ops.global_masks_counts(scores, [0.0, 0.25, 0.5], [3, 0, 5, 4], 1)
     yield "global_masks_counts-converted", lambda: ops.global_masks_counts(scores, torch.tensor([0.3]), torch.tensor([12]), 0)
+    yield "global_masks-per-segment", lambda: ops.global_masks(scores, [0.25, 0.4], [3, 0, 5, 4], torch.tensor([1, 0, 2, 7]))
+    yield "global_masks-per-segment-list", lambda: ops.global_masks(scores, torch.tensor([0.3]), [3, 0, 5, 4], [0, 1, 1, 1])
+    yield "global_masks_counts-per-segment", lambda: ops.global_masks_counts(
+        scores, [0.0, 0.25], [3, 0, 5, 4], torch.tensor([2, 2, 2, 2])[::1])
     yield "mask_overlap", lambda: ops.mask_overlap(masks, other, [4, 8])
     yield "mask_overlap-one-segment", lambda: ops.mask_overlap(masks[:, ::2], other[:, ::2])
 
@@ -75,8 +79,8 @@ def sample_calls(ops):
 SAMPLES = ("channel_scores-l2", "channel_scores-l1-fp16", "channel_scores-abs-bf16", "taylor_scores-offsets",
            "taylor_scores-default", "taylor_accumulate_", "taylor_accumulate_-inv_scale", "group_reduce-max",
            "group_reduce-mean", "global_masks", "global_masks-segments", "layer_counts", "global_masks_counts",
-           "global_masks_counts-converted", "mask_overlap",
-           "mask_overlap-one-segment")
+           "global_masks_counts-converted", "global_masks-per-segment", "global_masks-per-segment-list",
+           "global_masks_counts-per-segment", "mask_overlap", "mask_overlap-one-segment")
 
 
 def recorded(ops, name):
@@ -97,9 +101,15 @@ def test_every_operator_registered(ops):
 
 
 def test_samples_cover_every_operator(ops):
+    from epi_fast.ops._info import OVERLOADS
+
     assert [n for n, _ in sample_calls(ops)] == list(SAMPLES)
-    seen = {c[0]._opname for n in SAMPLES for c in recorded(ops, n)}
+    calls = [c[0] for n in SAMPLES for c in recorded(ops, n)]
+    seen = {f._opname for f in calls}
     assert set(OP_NAMES) <= seen, f"no opcheck sample reaches {sorted(set(OP_NAMES) - seen)}"
+    overloads = {f"{f._opname}.{f._overloadname}" for f in calls}
+    wanted = {f"{op}.{o}" for op, names in OVERLOADS.items() for o in names}
+    assert wanted <= overloads, f"no opcheck sample reaches {sorted(wanted - overloads)}"
 
 
 @pytest.mark.parametrize("name", SAMPLES)
@@ -190,3 +200,56 @@ def test_fake_mask_kernels_refuse_what_the_kernels_refuse(ops, name):
         fn(meta, [0.9], [4, 4], 1)
     with pytest.raises(ValueError, match=r"min_keep must be a non-negative integer, got -1"):
         getattr(torch.ops.epi_fast, name)(meta, [0.25], [4, 4], -1)
+
+
+@pytest.mark.parametrize("name", ["global_masks", "global_masks_counts"])
+def test_fake_mask_kernels_per_segment(ops, name):
+    # The .per_segment overloads' fake kernels: shapes, and the refusals that need no values
+    # (dtype, dim, segments, length); negative entries and k need the values, as NaN does.
+    fn, raw = getattr(ops, name), getattr(torch.ops.epi_fast, name).per_segment
+    meta = torch.empty(8, device="meta")
+    keep = torch.tensor([1, 3])
+    masks, thr, *counts = fn(meta, [0.25, 0.5], [4, 4], keep)
+    assert masks.shape == (2, 8) and masks.dtype == torch.bool and thr.shape == (2,) and masks.device.type == "meta"
+    if counts:
+        assert counts[0].shape == (2, 2) and counts[0].dtype == torch.int64
+    with pytest.raises(TypeError, match=r"min_keep tensor has dtype torch.float32; expected torch.int64"):
+        fn(meta, [0.25], [4, 4], torch.tensor([1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"min_keep must be an int or a 1-D tensor"):
+        raw(meta, [0.25], [4, 4], torch.ones(2, 1, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"min_keep must have one entry per segment \(2\), got 3"):
+        raw(meta, [0.25], [4, 4], torch.tensor([1, 1, 1]))
+    with pytest.raises(ValueError, match=r"segment_sizes add up to 7, but there are 8 channels"):
+        raw(meta, [0.25], [4, 3], keep)
+    if name == "global_masks":
+        with pytest.raises(ValueError, match=r"no segment_sizes were given"):
+            raw(meta, [0.25], [], keep)
+    # the meta device for min_keep too
+    assert fn(meta, [0.25], [4, 4], torch.empty(2, dtype=torch.int64, device="meta"))[0].shape == (1, 8)
+
+
+def test_compile_fullgraph_global_masks(ops):
+    # Both min_keep forms trace without a graph break: the wrappers never read a min_keep
+    # tensor's values, the fake kernels give the shapes.
+    import epi_fast.ops.reference as R
+
+    torch._dynamo.reset()
+
+    def per_epoch(s, keep):
+        masks, thr, counts = ops.global_masks_counts(s * 2.0, [0.25, 0.4], [3, 0, 5, 4], keep)
+        return masks, thr, counts.sum(dim=1)
+
+    def int_form(s):
+        return ops.global_masks(s * 2.0, [0.25, 0.5], [3, 0, 5, 4], 1)
+
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(12, generator=g)
+    keep = torch.tensor([1, 0, 2, 7])
+    got = torch.compile(per_epoch, fullgraph=True, backend="aot_eager")(s, keep)
+    want = R.global_masks_counts(s * 2.0, [0.25, 0.4], [3, 0, 5, 4], keep)
+    for a, b in zip(got[:2], want[:2]):
+        assert_exact(a, b)
+    assert_exact(got[2], want[2].sum(dim=1))
+    got = torch.compile(int_form, fullgraph=True, backend="aot_eager")(s)
+    for a, b in zip(got, R.global_masks(s * 2.0, [0.25, 0.5], [3, 0, 5, 4], 1)):
+        assert_exact(a, b)

@@ -5,7 +5,8 @@ test_counts.py) holds that family's error table and raw-message cases. The tests
 families because each checks one mechanism that every family shares:
 
 - the C++ message printer (``csrc/ops/py_format.h``) spells dtypes and shapes as Python does,
-  whichever operator refuses them (checked through one operator each);
+  whichever operator refuses them (checked through one operator each, and through the
+  per-segment ``min_keep`` of the masks operators, a second tensor argument);
 - sparse tensors are refused by every implementation of the tensor-list operators;
 - the operators' names have one home (``epi_fast.ops.OPS``; the names the C++ accepts are
   ``_checks``' own);
@@ -49,6 +50,34 @@ def test_shapes_print_as_python_does(shape):
     assert raised(lambda: OP.global_masks(t, [0.5], [], 1)) == raised(lambda: R.global_masks(t, [0.5]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.int8, torch.uint8, torch.int16, torch.int32,
+                                   torch.bool, torch.complex64, torch.uint16, torch.uint32, torch.uint64], ids=str)
+def test_min_keep_dtypes_print_as_python_does(dtype):
+    # the per-segment min_keep is int64 only; the refusal spells the dtype as Python does
+    keep = torch.zeros(2).to(dtype)
+    for raw, ref in [(OP.global_masks.per_segment, R.global_masks), (OP.global_masks_counts.per_segment, R.global_masks_counts)]:
+        assert raised(lambda: raw(s8(), [0.5], [4, 4], keep)) == raised(lambda: ref(s8(), [0.5], [4, 4], keep))
+        assert raised(lambda: ref(s8(), [0.5], [4, 4], keep))[0] is TypeError
+
+
+@pytest.mark.parametrize("shape", [(), (2, 1), (1, 2), (0, 0), (1, 1, 2)], ids=str)
+def test_min_keep_shapes_print_as_python_does(shape):
+    keep = torch.zeros(shape, dtype=I64)
+    assert raised(lambda: OP.global_masks.per_segment(s8(), [0.5], [4, 4], keep)) == \
+        raised(lambda: R.global_masks(s8(), [0.5], [4, 4], keep))
+
+
+def test_min_keep_entries_print_as_python_does():
+    # int64 extremes, in the negative-entry and the removable messages
+    for keeps in ([-(2**63), 0], [0, -1], [2**63 - 1, -(2**62)]):
+        keep = torch.tensor(keeps)
+        assert raised(lambda: OP.global_masks.per_segment(s8(), [0.5], [4, 4], keep)) == \
+            raised(lambda: R.global_masks(s8(), [0.5], [4, 4], keep))
+    keep = torch.tensor([2**63 - 1, 2**63 - 1])
+    assert raised(lambda: OP.global_masks.per_segment(s8(), [0.1], [4, 4], keep)) == \
+        raised(lambda: R.global_masks(s8(), [0.1], [4, 4], keep))
+
+
 def test_sparse_tensors_are_refused_by_every_implementation():
     dense, sparse = cpu_ones(2, 3), cpu_ones(2, 3).to_sparse()
     for impl in (ops, R):
@@ -61,9 +90,13 @@ def test_sparse_tensors_are_refused_by_every_implementation():
 
 
 def test_operator_names_have_one_home():
-    # OPS is the list of operators; the C++ registers exactly those schemas.
+    # OPS is the list of operators and OVERLOADS their other overloads; the C++ registers
+    # exactly those schemas.
+    from epi_fast.ops._info import OVERLOADS
+
     registered = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("epi_fast::")}
-    assert registered == set(ops.OPS)
+    assert registered == set(ops.OPS) | {f"{op}.{o}" for op, names in OVERLOADS.items() for o in names}
+    assert set(OVERLOADS) <= set(ops.OPS)
     # The names the C++ accepts are _checks' own, in its order (the refusals list them).
     for call, names in [(lambda c: OP.channel_scores([cpu_ones(2)], c), V.SCORE_CRITERIA),
                         (lambda c: OP.taylor_scores([cpu_ones(2)], [cpu_ones(2)], [], 2, c), V.TAYLOR_MODES),
@@ -121,6 +154,8 @@ def test_schema_form_calls_run_no_python_check(monkeypatch):
     ops.global_masks(s8(), [0.25, 0.5], [4, 4], 1)
     ops.global_masks(s8(), [0.25, 0.5])
     ops.global_masks_counts(s8(), (0.5,), (4, 4), 0)
+    ops.global_masks(s8(), [0.25, 0.5], [4, 4], torch.tensor([1, 0]))
+    ops.global_masks_counts(s8(), (0.5,), (4, 4), torch.tensor([2, 2]))
     ops.layer_counts(cpu_bmask(2, 8), [4, 4])
     ops.mask_overlap(cpu_bmask(2, 8), cpu_bmask(2, 8))
 
@@ -138,6 +173,13 @@ def test_operators_refuse_sizes_and_offsets_that_wrap_int64(impl):
         op.global_masks(s, [0.5], [2**62, 2**62, 2**62, 2**62, 8], 1)
     with pytest.raises(ValueError, match=r"segment_sizes add up to more than the 8 channels"):
         op.global_masks_counts(s, [0.5], [2**63 - 1, 2**63 - 1, 10], 0)
+    keep = torch.zeros(3, dtype=I64, device=impl.device)
+    for raw in (op.global_masks.per_segment, op.global_masks_counts.per_segment):
+        with pytest.raises(ValueError, match=r"segment_sizes add up to more than the 8 channels"):
+            raw(s, [0.5], [2**63 - 1, 2**63 - 1, 10], keep)
+    # minima near 2^63 clamp to the segment sizes: the unprotected count does not wrap
+    with pytest.raises(ValueError, match=r"but the per-segment min_keep leaves only 0 removable"):
+        op.global_masks.per_segment(s, [0.5], [4, 4], torch.full((2,), 2**63 - 1, dtype=I64, device=impl.device))
     with pytest.raises(ValueError, match=r"segment_sizes add up to more than the 8 channels"):
         op.layer_counts(bmask(impl, 2, 8), [2**63 - 1, 2**63 - 1, 10])
     a = torch.zeros(4, device=impl.device)

@@ -293,3 +293,32 @@ def test_resume_after_the_prune_needs_the_pruned_model():
     _, _, p4 = make(deadline_epoch=3)
     with pytest.raises(ValueError, match="deadline_epoch"):
         p4.load_state_dict(make(deadline_epoch=2)[2].state_dict())
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "gradient"])
+def test_epi_tracks_the_structures_of_the_target_limits_and_rounding_it_prunes(criterion):
+    model, opt, pruner = make(criterion, target="params", max_layer_ratio=0.8, round_to=2, deadline_epoch=3,
+                              track_ratios=(0.3,))
+    tracker = pruner.tracker
+    seen = []
+    observe = tracker._observe
+
+    def recording(scores):
+        record = observe(scores)
+        seen.append(record)
+        return record
+
+    tracker._observe = recording
+    dense = sum(p.numel() for p in model.parameters())
+    run_epochs(model, opt, pruner, 1, 3)
+    assert pruner.pruned and pruner.prune_epoch == 3
+    last = seen[-1]
+    # The prune cut exactly the structure EPI watched at the target ratio (row 0).
+    assert list(pruner.kept_counts.values()) == last.counts[0].tolist()
+    widths = dict(zip(tracker.layers, tracker.layout.layer_channels().values()))
+    for name, kept in pruner.kept_counts.items():
+        assert kept % 2 == 0 or kept == widths[name]
+        assert widths[name] - kept <= int(0.8 * widths[name])
+    achieved = 1 - sum(p.numel() for p in pruner.module.parameters()) / dense
+    assert abs(achieved - 0.5) <= 0.01 and pruner.report()["achieved"] == pytest.approx(achieved)
+    assert pruner.report()["target"] == "params"

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "epi_fast/work_split.h"
+
 namespace epi_fast {
 namespace cuda {
 
@@ -22,6 +24,15 @@ struct RowTensor {
   int64_t cols;
   int64_t out_offset;  // channel of row 0 in the output
 };
+
+// Scratch floats that a multi-tensor row-sum launch over these tensors needs for the partial sums
+// of its chunked rows (elem_bytes: the bytes of one element); the glue allocates them.
+inline int64_t row_sum_partials(const RowTensor* tensors, int64_t count, int elem_bytes) {
+  int64_t total = 0;
+  for (int64_t i = 0; i < count; ++i)
+    if (tensors[i].rows) total += split::row_partials(tensors[i].rows, split::row_plan(tensors[i].cols, elem_bytes));
+  return total;
+}
 
 }  // namespace cuda
 }  // namespace epi_fast

@@ -10,9 +10,10 @@
 //   thresholds and counts agree exactly for the same scores.
 // Not shared: how a row is summed. The CPU kernels sum element j of a row into lane j % 16 and
 // fold the lanes in the fixed tree below (row_score_sum, row_dot, and the AVX2 / AVX-512
-// kernels, which give the same bits); the CUDA kernels give each of a warp's 32 lanes a strided
-// share of the row and add the lanes with a shuffle tree, and nvcc may contract an element's
-// multiply with the running sum into one FMA. So channel and Taylor scores agree between the
+// kernels, which give the same bits); the CUDA kernels give each lane of a team (1 to 32 lanes,
+// epi_fast/work_split.h) a strided share of the row, or of one chunk of a long row, add the
+// lanes with a shuffle tree and a long row's chunks in order, and nvcc may contract an
+// element's multiply with the running sum into one FMA. So channel and Taylor scores agree between the
 // CPU and CUDA within float tolerance, not bit for bit, and the row sums below are exercised on
 // the CPU only.
 #pragma once

@@ -1,6 +1,6 @@
-// global_masks and global_masks_counts on the CPU: 32-bit order keys, the min_keep highest of
-// each segment protected, one radix select for the k-th key of every ratio, the masks filled in
-// parallel chunks with ties at the k-th key resolved by index.
+// global_masks and global_masks_counts on the CPU (both min_keep forms): 32-bit order keys, the
+// min_keep highest of each segment protected, one radix select for the k-th key of every ratio,
+// the masks filled in parallel chunks with ties at the k-th key resolved by index.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/EmptyTensor.h>
@@ -19,9 +19,14 @@
 namespace epi_fast {
 namespace {
 
+// Keep: int64_t (the default overload) or at::Tensor (.per_segment); check_global_masks turns
+// either into a MinKeep.
+template <typename Keep>
 std::tuple<at::Tensor, at::Tensor> global_masks(const at::Tensor& scores_in, at::ArrayRef<double> ratios,
-                                                at::IntArrayRef segment_sizes, int64_t min_keep) {
-  const std::vector<int64_t> offsets = check_global_masks(scores_in, ratios, segment_sizes, min_keep);
+                                                at::IntArrayRef segment_sizes, const Keep& min_keep) {
+  const MaskArgs args = check_global_masks(scores_in, ratios, segment_sizes, min_keep);
+  const std::vector<int64_t>& offsets = args.offsets;
+  const MinKeep& keep = args.keep;
   const at::Tensor scores = scores_in.contiguous();
   const int64_t n = scores.numel();
   const int64_t segments = static_cast<int64_t>(segment_sizes.size());
@@ -39,31 +44,33 @@ std::tuple<at::Tensor, at::Tensor> global_masks(const at::Tensor& scores_in, at:
     }
     nan_total += nans;
   });
-  check_nan_count(nan_total.load());
-  const std::vector<int64_t> ks = removal_counts(ratios, n, segment_sizes, min_keep);
+  const std::vector<int64_t> ks = checks_after_nan_count(nan_total.load(), ratios, n, args);
   const int64_t m = static_cast<int64_t>(ks.size());
 
-  // Protected: the min_keep highest (score, index) keys of each segment take the key
-  // kProtectedKey32, which no NaN-free score maps to and which sorts above every removable key.
-  // removal_counts guarantees k <= the removable count, so the k-th smallest key is removable.
-  if (segments > 0 && min_keep > 0) {
+  // Protected: the p = min(size, min_keep of the segment) highest (score, index) keys of each
+  // segment take the key kProtectedKey32, which no NaN-free score maps to and which sorts above
+  // every removable key. removal_counts guarantees k <= the removable count, so the k-th
+  // smallest key is removable.
+  const bool any_protected = segments > 0 && (keep.by_segment || keep.all > 0);
+  if (any_protected) {
     const int64_t grain = n >= (1 << 18) ? 1 : segments;
     at::parallel_for(0, segments, grain, [&](int64_t b, int64_t e) {
       std::vector<uint64_t> seg;
       for (int64_t sg = b; sg < e; ++sg) {
         const int64_t lo = offsets[sg], size = offsets[sg + 1] - lo;
-        if (size == 0) continue;
-        if (size <= min_keep) {
+        const int64_t p = keep.protected_in(offsets, static_cast<size_t>(sg));
+        if (p == 0) continue;
+        if (p == size) {
           std::fill(fkey.begin() + lo, fkey.begin() + lo + size, kProtectedKey32);
-        } else if (min_keep == 1) {  // the highest key; among equals the highest index
+        } else if (p == 1) {  // the highest key; among equals the highest index
           int64_t arg = lo;
           for (int64_t i = lo + 1; i < lo + size; ++i) arg = fkey[i] >= fkey[arg] ? i : arg;
           fkey[arg] = kProtectedKey32;
         } else {
           seg.resize(size);
           for (int64_t i = 0; i < size; ++i) seg[i] = channel_key(s[lo + i], static_cast<uint32_t>(lo + i));
-          std::nth_element(seg.begin(), seg.begin() + (size - min_keep), seg.end());
-          for (int64_t i = size - min_keep; i < size; ++i) fkey[static_cast<uint32_t>(seg[i])] = kProtectedKey32;
+          std::nth_element(seg.begin(), seg.begin() + (size - p), seg.end());
+          for (int64_t i = size - p; i < size; ++i) fkey[static_cast<uint32_t>(seg[i])] = kProtectedKey32;
         }
       }
     });
@@ -125,17 +132,38 @@ std::tuple<at::Tensor, at::Tensor> global_masks_cpu(const at::Tensor& scores, at
   return result;
 }
 
+std::tuple<at::Tensor, at::Tensor> global_masks_per_segment_cpu(const at::Tensor& scores,
+                                                                at::ArrayRef<double> ratios,
+                                                                at::IntArrayRef segment_sizes,
+                                                                const at::Tensor& min_keep) {
+  test_hooks::enter("global_masks");
+  auto result = global_masks(scores, ratios, segment_sizes, min_keep);
+  test_hooks::at("global_masks", "written");
+  return result;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> global_masks_counts_cpu(const at::Tensor& scores,
                                                                        at::ArrayRef<double> ratios,
                                                                        at::IntArrayRef segment_sizes,
                                                                        int64_t min_keep) {
   test_hooks::enter("global_masks_counts");
   auto result = masks_then_counts(
-      global_masks, cpu::layer_counts, [] { test_hooks::at("global_masks_counts", "masks"); }, scores, ratios,
-      segment_sizes, min_keep);
+      global_masks<int64_t>, cpu::layer_counts, [] { test_hooks::at("global_masks_counts", "masks"); }, scores,
+      ratios, segment_sizes, min_keep);
+  test_hooks::at("global_masks_counts", "written");
+  return result;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> global_masks_counts_per_segment_cpu(const at::Tensor& scores,
+                                                                                   at::ArrayRef<double> ratios,
+                                                                                   at::IntArrayRef segment_sizes,
+                                                                                   const at::Tensor& min_keep) {
+  test_hooks::enter("global_masks_counts");
+  auto result = masks_then_counts(
+      global_masks<at::Tensor>, cpu::layer_counts, [] { test_hooks::at("global_masks_counts", "masks"); }, scores,
+      ratios, segment_sizes, min_keep);
   test_hooks::at("global_masks_counts", "written");
   return result;
 }
 
 }  // namespace epi_fast
-

@@ -1,5 +1,6 @@
-// layer_counts and mask_overlap on CUDA: checks, the outputs, the launch (counts_kernel.cu) on
-// the current stream.
+// layer_counts and mask_overlap on CUDA: checks, the outputs, the segment table (offsets and
+// pieces, epi_fast/work_split.h) copied to the device without a synchronisation, the launch
+// (counts_kernel.cu) on the current stream.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/EmptyTensor.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -10,6 +11,7 @@
 #include "../counts.h"
 #include "../test_hooks.h"
 #include "counts_kernel.h"
+#include "epi_fast/work_split.h"
 #include "glue.h"
 
 namespace epi_fast {
@@ -20,12 +22,12 @@ at::Tensor layer_counts(const at::Tensor& masks_in, at::IntArrayRef segment_size
   c10::cuda::CUDAGuard guard(masks_in.device());
   const at::Tensor masks = masks_in.contiguous();
   const int64_t m = mask_rows(masks), n = mask_channels(masks);
-  TORCH_CHECK_VALUE(m <= 65535, "at most 65535 mask rows per call, got ", m);
   const int64_t segments = static_cast<int64_t>(segment_sizes.size());
-  at::Tensor offsets_dev = cuda_glue::device_vector(offsets, masks.device());
+  const std::vector<int64_t> seg_table = split::segment_table(offsets);
+  at::Tensor table_dev = cuda_glue::device_vector(seg_table, masks.device());
   at::Tensor counts(at::detail::empty_cuda({m, segments}, masks.options().dtype(at::kLong)));
-  cuda::segment_counts(masks.data_ptr<bool>(), nullptr, m, n, offsets_dev.data_ptr<int64_t>(), segments,
-                       counts.data_ptr<int64_t>(), nullptr, cuda_glue::current_stream());
+  cuda::segment_counts(masks.data_ptr<bool>(), nullptr, m, n, table_dev.data_ptr<int64_t>(), segments,
+                       seg_table.back(), counts.data_ptr<int64_t>(), nullptr, cuda_glue::current_stream());
   return counts;
 }
 
@@ -33,6 +35,7 @@ at::Tensor layer_counts(const at::Tensor& masks_in, at::IntArrayRef segment_size
 
 at::Tensor layer_counts_cuda(const at::Tensor& masks, at::IntArrayRef segment_sizes) {
   test_hooks::enter("layer_counts");
+  cuda_glue::check_no_pending_error("layer_counts");
   at::Tensor counts = cuda_glue::layer_counts(masks, segment_sizes);
   test_hooks::at("layer_counts", "written");
   return counts;
@@ -41,20 +44,22 @@ at::Tensor layer_counts_cuda(const at::Tensor& masks, at::IntArrayRef segment_si
 std::tuple<at::Tensor, at::Tensor> mask_overlap_cuda(const at::Tensor& a_in, const at::Tensor& b_in,
                                                      at::IntArrayRef segment_sizes) {
   test_hooks::enter("mask_overlap");
+  cuda_glue::check_no_pending_error("mask_overlap");
   check_mask_pair(a_in, b_in);
   c10::cuda::CUDAGuard guard(a_in.device());
   const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
   const int64_t m = mask_rows(a), n = mask_channels(a);
-  TORCH_CHECK_VALUE(m <= 65535, "at most 65535 mask rows per call, got ", m);
   const int64_t whole[] = {n};  // no segments: one segment of all n
   const std::vector<int64_t> offsets =
       segment_offsets(segment_sizes.empty() ? at::IntArrayRef(whole) : segment_sizes, n);
   const int64_t segments = static_cast<int64_t>(offsets.size()) - 1;
-  at::Tensor offsets_dev = cuda_glue::device_vector(offsets, a.device());
+  const std::vector<int64_t> seg_table = split::segment_table(offsets);
+  at::Tensor table_dev = cuda_glue::device_vector(seg_table, a.device());
   at::Tensor both(at::detail::empty_cuda({m, segments}, a.options().dtype(at::kLong)));
   at::Tensor diff(at::detail::empty_cuda({m, segments}, a.options().dtype(at::kLong)));
-  cuda::segment_counts(a.data_ptr<bool>(), b.data_ptr<bool>(), m, n, offsets_dev.data_ptr<int64_t>(), segments,
-                       both.data_ptr<int64_t>(), diff.data_ptr<int64_t>(), cuda_glue::current_stream());
+  cuda::segment_counts(a.data_ptr<bool>(), b.data_ptr<bool>(), m, n, table_dev.data_ptr<int64_t>(), segments,
+                       seg_table.back(), both.data_ptr<int64_t>(), diff.data_ptr<int64_t>(),
+                       cuda_glue::current_stream());
   test_hooks::at("mask_overlap", "written");
   return {both, diff};
 }

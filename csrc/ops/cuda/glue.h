@@ -1,10 +1,13 @@
-// What the families' CUDA glue shares: torch tensors turned into the torch-free launch types,
-// the current stream, small host vectors copied to the device without a synchronisation.
+// What the families' CUDA glue shares: the check for an earlier pending CUDA error, torch tensors
+// turned into the torch-free launch types, the current stream, scratch, small host vectors copied
+// to the device without a synchronisation.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/cuda/EmptyTensor.h>
 #include <ATen/ops/tensor.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 
 #include <vector>
 
@@ -13,6 +16,22 @@
 
 namespace epi_fast {
 namespace cuda_glue {
+
+// Called first by every CUDA operator. The runtime keeps one pending error per host thread: an
+// error that an earlier launch left there (a kernel nobody checked, an asynchronous fault) would
+// otherwise surface in this operator's first launch check as its own. It is reported here, named
+// as earlier, before this operator runs anything, and cleared so that it is reported once (a
+// sticky error, such as an illegal address, stays: every later CUDA call fails with it). Never
+// retried: the caller gets the error.
+inline void check_no_pending_error(const char* op) {
+  const cudaError_t err = cudaPeekAtLastError();
+  if (err == cudaSuccess) return;
+  (void)cudaGetLastError();
+  TORCH_CHECK(false, "epi_fast.", op, ": a CUDA error from an earlier operation was pending when ", op,
+              " was called (", cudaGetErrorName(err), ": ", cudaGetErrorString(err), "); ", op,
+              " did not run. The error comes from CUDA work launched before it (run with "
+              "CUDA_LAUNCH_BLOCKING=1 to find where).");
+}
 
 inline cuda::DType launch_dtype(at::ScalarType t) {
   switch (t) {
@@ -49,6 +68,15 @@ inline RowTable row_table(at::TensorList tensors, at::TensorList grads, const st
 }
 
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+// float32 scratch of `count` elements on `like`'s device (none when count is 0), from torch's
+// caching allocator on the current stream (so CUDA-graph capture takes it from the graph's pool).
+inline at::Tensor float_scratch(int64_t count, const at::Tensor& like) {
+  if (count == 0) return at::Tensor();
+  return at::detail::empty_cuda({count}, like.options().dtype(at::kFloat));
+}
+
+inline float* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
 inline at::Tensor device_vector(const std::vector<int64_t>& values, const at::Device& device) {
   // Pinned and non-blocking: the copy joins the stream without a host synchronisation (the

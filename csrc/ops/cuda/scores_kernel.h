@@ -12,9 +12,10 @@ namespace epi_fast {
 namespace cuda {
 
 // out[t.out_offset + r] = score of row r of tensor t, for every tensor; chunked multi-tensor
-// launches, no per-layer launches.
+// launches, no per-layer launches. `partials`: row_sum_partials(tensors, count, element bytes)
+// floats of scratch (cuda_launch.h), null when that is 0.
 void channel_scores(const RowTensor* tensors, int64_t count, DType dtype, ScoreKind kind, float* out,
-                    cudaStream_t stream);
+                    float* partials, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace epi_fast

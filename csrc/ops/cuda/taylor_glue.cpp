@@ -21,9 +21,11 @@ at::Tensor taylor_raw(at::TensorList params, at::TensorList grads, const std::ve
   cuda_glue::RowTable table = cuda_glue::row_table(params, grads, offs);
   at::Tensor raw(at::detail::empty_cuda({channels}, params[0].options().dtype(at::kFloat)));
   raw.zero_();
-  cuda::taylor_raw(table.rows.data(), static_cast<int64_t>(table.rows.size()),
-                   cuda_glue::launch_dtype(params[0].scalar_type()), raw.data_ptr<float>(),
-                   cuda_glue::current_stream());
+  const int64_t count = static_cast<int64_t>(table.rows.size());
+  const at::Tensor partials = cuda_glue::float_scratch(
+      cuda::row_sum_partials(table.rows.data(), count, static_cast<int>(params[0].element_size())), raw);
+  cuda::taylor_raw(table.rows.data(), count, cuda_glue::launch_dtype(params[0].scalar_type()), raw.data_ptr<float>(),
+                   cuda_glue::data_or_null(partials), cuda_glue::current_stream());
   return raw;
 }
 
@@ -32,6 +34,7 @@ at::Tensor taylor_raw(at::TensorList params, at::TensorList grads, const std::ve
 at::Tensor taylor_scores_cuda(at::TensorList params, at::TensorList grads, at::IntArrayRef offsets,
                               int64_t num_channels, c10::string_view mode_name) {
   test_hooks::enter("taylor_scores");
+  cuda_glue::check_no_pending_error("taylor_scores");
   TaylorMode mode;
   const std::vector<int64_t> offs = check_taylor_scores(params, grads, offsets, num_channels, &mode, mode_name);
   c10::cuda::CUDAGuard guard(params[0].device());
@@ -45,6 +48,7 @@ void taylor_accumulate_cuda(const at::Tensor& acc, const at::Tensor& skipped, at
                             at::TensorList grads, at::IntArrayRef offsets, const c10::optional<at::Tensor>& inv_scale,
                             c10::string_view mode_name) {
   test_hooks::enter("taylor_accumulate_");
+  cuda_glue::check_no_pending_error("taylor_accumulate_");
   TaylorMode mode;
   const std::vector<int64_t> offs =
       check_taylor_accumulate(acc, skipped, params, grads, offsets, inv_scale, &mode, mode_name);

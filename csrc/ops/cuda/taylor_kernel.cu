@@ -1,5 +1,6 @@
-// Taylor scores on CUDA: per-row dot products through the shared multi-tensor launcher, then
-// the finishing step; the accumulating form checks the whole step before it adds any of it.
+// Taylor scores on CUDA: per-row dot products through the shared multi-tensor row-sum launcher
+// (multi_tensor_apply.cuh), then the finishing step; the accumulating form checks the whole step
+// before it adds any of it.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -13,39 +14,12 @@ namespace epi_fast {
 namespace cuda {
 namespace {
 
-template <typename T>
-__device__ float warp_row_dot(const T* a, const T* b, int64_t cols, int lane) {
-  constexpr int kVec = 16 / sizeof(T);
-  float acc = 0.0f;
-  int64_t tail = 0;
-  if (((reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(b)) & 15u) == 0) {
-    const int64_t vectors = cols / kVec;
-    const uint4* va = reinterpret_cast<const uint4*>(a);
-    const uint4* vb = reinterpret_cast<const uint4*>(b);
-#pragma unroll 4
-    for (int64_t v = lane; v < vectors; v += 32) {
-      uint4 pa = va[v], pb = vb[v];
-      const T* ea = reinterpret_cast<const T*>(&pa);
-      const T* eb = reinterpret_cast<const T*>(&pb);
-#pragma unroll
-      for (int q = 0; q < kVec; ++q) acc += to_float(ea[q]) * to_float(eb[q]);
-    }
-    tail = vectors * kVec;
-  }
-  for (int64_t j = tail + lane; j < cols; j += 32) acc += to_float(a[j]) * to_float(b[j]);
-  return warp_sum(acc);
-}
-
-template <typename T>
-struct DotRow {
+// Taylor's row term: w * g, summed over a row; each row's sum is added into its channel (a
+// BatchNorm's weight and bias add into the same channels).
+struct DotOp {
   float* raw;
-  __device__ void operator()(const RowTable<2>& table, int slot, int64_t r, int lane) const {
-    const int64_t cols = table.cols[slot];
-    const T* w = static_cast<const T*>(table.operand[0][slot]) + r * cols;
-    const T* g = static_cast<const T*>(table.operand[1][slot]) + r * cols;
-    const float s = warp_row_dot(w, g, cols, lane);
-    if (lane == 0) atomicAdd(raw + table.out_offset[slot] + r, s);
-  }
+  __device__ float term(float w, float g) const { return w * g; }
+  __device__ void write(int64_t channel, float sum) const { atomicAdd(raw + channel, sum); }
 };
 
 __global__ void taylor_finish_kernel(float* raw, int64_t n, TaylorMode mode) {
@@ -77,17 +51,21 @@ __global__ void taylor_apply_kernel(const float* raw, int64_t n, const float* in
   }
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    acc[i] += scaled_contribution(raw, i, inv_scale, mode);
+    // Two roundings, as on the CPU (compiled without contraction): nvcc would fuse the square
+    // of the contribution into this add.
+    acc[i] = __fadd_rn(acc[i], scaled_contribution(raw, i, inv_scale, mode));
 }
 
 }  // namespace
 
-void taylor_raw(const RowTensor* tensors, int64_t count, DType dtype, float* raw, cudaStream_t stream) {
+void taylor_raw(const RowTensor* tensors, int64_t count, DType dtype, float* raw, float* partials,
+                cudaStream_t stream) {
+  const DotOp op{raw};
   switch (dtype) {
-    case DType::Float32: multi_tensor_apply<2>(tensors, count, DotRow<float>{raw}, stream, "taylor_raw"); break;
-    case DType::Float16: multi_tensor_apply<2>(tensors, count, DotRow<__half>{raw}, stream, "taylor_raw"); break;
+    case DType::Float32: multi_tensor_row_sums<2, float>(tensors, count, op, partials, stream, "taylor_raw"); break;
+    case DType::Float16: multi_tensor_row_sums<2, __half>(tensors, count, op, partials, stream, "taylor_raw"); break;
     case DType::BFloat16:
-      multi_tensor_apply<2>(tensors, count, DotRow<__nv_bfloat16>{raw}, stream, "taylor_raw");
+      multi_tensor_row_sums<2, __nv_bfloat16>(tensors, count, op, partials, stream, "taylor_raw");
       break;
   }
 }

@@ -12,10 +12,13 @@ namespace epi_fast {
 namespace cuda {
 
 // raw[t.out_offset + r] += sum over row r of operand[0] * operand[1]. `raw` must be zeroed by
-// the caller. Channels that receive at most two rows (a BN weight and bias) are exact and
+// the caller; `partials`: row_sum_partials(tensors, count, element bytes) floats of scratch
+// (cuda_launch.h), null when that is 0. Each row's sum has a fixed order; it is added into its
+// channel atomically, so channels that receive at most two rows (a BN weight and bias) are
 // run-to-run deterministic (float addition is commutative); three or more may differ in the
 // last bit.
-void taylor_raw(const RowTensor* tensors, int64_t count, DType dtype, float* raw, cudaStream_t stream);
+void taylor_raw(const RowTensor* tensors, int64_t count, DType dtype, float* raw, float* partials,
+                cudaStream_t stream);
 
 // raw[c] = f(raw[c]) in place.
 void taylor_finish(float* raw, int64_t channels, TaylorMode mode, cudaStream_t stream);
