@@ -128,7 +128,7 @@ def main(argv=None) -> int:
             quiet = wait_for_quiet(threshold, args.max_wait)
             fn, cfg = runners[name]
             t0 = time.perf_counter()
-            part = {"load": quiet}
+            part = {"load": quiet, "commit": results["environment"].get("commit")}
             try:
                 part["result"] = fn(cfg, log=lambda msg: print(msg, flush=True))
             except Exception as err:  # noqa: BLE001 - recorded, and the other parts still run

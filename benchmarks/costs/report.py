@@ -32,7 +32,8 @@ def _load(part: dict) -> str:
     q = part.get("load", {})
     return (f"1/5/15-min load average {q.get('load_at_start')} at the start (waited {q.get('waited_s')} s for "
             f"< {q.get('threshold')}" + ("" if q.get("quiet", True) else ", gave up waiting") + f"), "
-            f"{part.get('load_at_end')} at the end; {part.get('wall_s', 0):.0f} s; {part.get('finished', '?')}")
+            f"{part.get('load_at_end')} at the end; {part.get('wall_s', 0):.0f} s; {part.get('finished', '?')}"
+            + (f"; commit {part['commit']}" if part.get("commit") else ""))
 
 
 def markdown(results: dict, title: str) -> str:
@@ -42,6 +43,10 @@ def markdown(results: dict, title: str) -> str:
                  f"torch {env['torch']}, torchvision {env.get('torchvision')}, torch-pruning {env.get('torch_pruning')}, "
                  f"epi_fast {env.get('epi_fast_version')} (commit {env.get('commit')}); mode `{results['mode']}`"
                  + (f"; allocator settings {env['malloc_env']}" if env.get("malloc_env") else "; glibc malloc defaults"))
+    if results.get("kept_from_earlier_run"):
+        lines.append(f"- parts kept from an earlier run of the same mode (`--only` ran the others): "
+                     f"{', '.join(results['kept_from_earlier_run'])}; the environment above is the latest run's, "
+                     "each part's own time and load are under its heading")
     lines.append("- each part waits (at most a set time) until the 1-minute load average is below its threshold, "
                  "and records the load it ran under; the machine is shared, so absolute times move between runs "
                  "and the ratios are taken within interleaved rounds")
@@ -117,25 +122,34 @@ def _md_training(r: dict) -> list:
              f"- dense: {d['total_s']:.1f} s, step FLOPs {d['step_flops'] / 1e9:.2f} G (forward + backward, batch "
              f"{c['batch']}), one step {d['step_s'] * 1e3:.0f} ms, top-1 {d['top1']:.3f}"]
     if "dense_twin" in r:
-        lines.append(f"- control: the same dense run a second time, side by side: {r['dense_twin']['total_s']:.1f} s "
-                     f"= {r['dense_twin']['wall_ratio']:.3f}x the dense run (the noise floor of the wall-clock ratios)")
+        tw = r["dense_twin"]
+        lines.append(f"- control: the same dense run a second time, side by side: {tw['total_s']:.1f} s = "
+                     f"{tw['wall_ratio_in_round']:.3f}x the dense run in-round ({tw['wall_ratio']:.3f}x from the sums "
+                     "of times): the noise floor of the wall-clock ratios")
     if c.get("round_to_runs"):
         lines.append(f"- the runs named '..., round_to=N' prune with round_to N (every pruned layer keeps a multiple of "
                      f"N channels); the others with the default (None)")
     for name, f in r.get("failed_runs", {}).items():
         lines.append(f"- **{name} stopped** after {f['epochs_done']} epochs: {f['error']}")
-    lines += ["", "| run | tau | prune epoch (reason) | wall s | wall / dense | speed-up | training FLOPs / dense "
-              "| predicted wall / dense | measured / predicted | step FLOPs f | step time / dense (final nets) | "
-              "epoch time after prune / dense | EPI's own work | kept output channels | top-1 |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| run | tau | prune epoch (reason) | wall s | wall / dense: in-round (sums of times) | speed-up: "
+              "in-round (sums) | training FLOPs / dense = predicted wall / dense | measured / predicted: in-round "
+              "(sums) | step FLOPs f | epochs after the prune / dense (in-round median) | step time / dense (final "
+              "nets) | EPI's own work | kept output channels | top-1 |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for crit, x in r["runs"].items():
-        after = "-" if x["epoch_ratio_after_prune"] is None else f"{x['epoch_ratio_after_prune']:.3f}"
         lines.append(f"| {crit} | {x['tau']} | {x['prune_epoch']} ({x['prune_reason']}) | {x['total_s']:.1f} | "
-                     f"{x['wall_ratio']:.3f} | {x['speedup']:.2f}x | {x['flops_ratio']:.3f} | "
-                     f"{x['predicted_wall_ratio']:.3f} | {x['measured_over_predicted']:.3f} | "
-                     f"{x['step_flops_ratio']:.3f} | {x['step_time_ratio']:.3f} | {after} | {x['epi_share']:.3%} "
+                     f"{x['wall_ratio_in_round']:.3f} ({x['wall_ratio']:.3f}) | {x['speedup_in_round']:.2f}x "
+                     f"({x['speedup']:.2f}x) | {x['predicted_wall_ratio']:.3f} | "
+                     f"{x['measured_over_predicted_in_round']:.3f} ({x['measured_over_predicted']:.3f}) | "
+                     f"{x['step_flops_ratio']:.3f} | {_f3(x.get('epoch_ratio_after_prune_in_round'))} | "
+                     f"{_f3(x.get('step_time_ratio'))} | {x['epi_share']:.3%} "
                      f"({x['epi_work_s']:.3f} s: " + ", ".join(f"{k} {v:.3f}" for k, v in x["epi_s"].items())
                      + f") | {x['kept']} | {x['top1']:.3f} |")
+    lines.append("- in-round: each epoch's time over the dense run's epoch trained in the same round; the wall-clock "
+                 "ratio is the median quotient before the prune (its epoch included) and the median after it, "
+                 "weighted by their epoch counts, plus the pruner's construction; a burst of load from elsewhere "
+                 "that hits a few rounds moves it little, the ratio of the sums of times (in brackets) a lot; the "
+                 "targets use the in-round figures")
     lines.append("- step time / dense: the final networks' training steps (forward, backward, SGD step, batch "
                  f"{c['batch']}) timed side by side after training, median of {c['step_rounds']} in-round ratios; "
                  "kept output channels: the pruned network's conv layers in model order (dense: "
@@ -151,6 +165,10 @@ def _md_training(r: dict) -> list:
     lines += ["", f"- the paper reports a {training.PAPER_SPEEDUP}x training speed-up; the absolute speed-ups above "
               "are dense wall clock / EPI wall clock on this workload"]
     return lines
+
+
+def _f3(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def _dense_widths(c) -> list:

@@ -24,6 +24,7 @@ network over the dense one's.
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -173,6 +174,22 @@ class Run:
             return float((self.model(x).argmax(1) == y).float().mean())
 
 
+def in_round_wall_ratio(dense_s, run_s, tp, extra_s: float = 0.0):
+    """The wall-clock ratio of a run to the dense one from in-round quotients: each epoch's time
+    over the dense run's epoch trained in the same round, the median quotient before the prune
+    (epochs 1..tp, the prune's own epoch included) and the median after it, weighted by their
+    epoch counts, plus `extra_s` (work outside the epochs) over T median dense epochs. A burst of
+    load from elsewhere that hits a few rounds moves these medians little and the sums of times
+    a lot. Returns (ratio, median quotient before, median quotient after)."""
+    q = [r / d for r, d in zip(run_s, dense_s)]
+    T = len(q)
+    k = T if tp is None else tp
+    pre = statistics.median(q[:k]) if k else None
+    post = statistics.median(q[k:]) if k < T else None
+    ratio = ((pre or 0.0) * k + (post or 0.0) * (T - k)) / T + extra_s / (T * statistics.median(dense_s))
+    return ratio, pre, post
+
+
 def _warm_up(cfg: TrainingConfig, example) -> None:
     """One pruner built and dropped before the timed runs, so that one-time costs of the process
     (imports, first calls) are not charged to whichever run is built first."""
@@ -309,9 +326,10 @@ def run(cfg: TrainingConfig, log=print) -> dict:
     twin = [r for r in runs if r.name == "dense twin"]
     if twin:
         out["dense_twin"] = {"total_s": twin[0].total_s, "epoch_s": twin[0].epoch_s,
-                             "wall_ratio": twin[0].total_s / dense.total_s}
+                             "wall_ratio": twin[0].total_s / dense.total_s,
+                             "wall_ratio_in_round": in_round_wall_ratio(dense.epoch_s, twin[0].epoch_s, None)[0]}
         log(f"  dense twin (the same run again, a control): {twin[0].total_s:.1f} s = "
-            f"{out['dense_twin']['wall_ratio']:.3f}x the dense run")
+            f"{out['dense_twin']['wall_ratio']:.3f}x the dense run (in-round {out['dense_twin']['wall_ratio_in_round']:.3f}x)")
     T = cfg.epochs
     for r in epi_runs:
         rep = r.pruner.report()
@@ -321,6 +339,7 @@ def run(cfg: TrainingConfig, log=print) -> dict:
         frac = (tp if tp is not None else T) / T
         predicted = frac + (1 - frac) * f
         measured = r.total_s / dense.total_s
+        robust, q_pre, q_post = in_round_wall_ratio(dense.epoch_s, r.epoch_s, tp, r.epi_s["construct"])
         before = r.epoch_s[:tp] if tp else r.epoch_s
         after = r.epoch_s[tp:] if tp else []
         dense_after = dense.epoch_s[tp:] if tp else []
@@ -332,6 +351,9 @@ def run(cfg: TrainingConfig, log=print) -> dict:
             "flops_ratio": predicted,  # training FLOPs over dense: t_p epochs dense, the rest pruned
             "predicted_wall_ratio": predicted,
             "measured_over_predicted": measured / predicted,
+            "wall_ratio_in_round": robust, "speedup_in_round": 1.0 / robust,
+            "measured_over_predicted_in_round": robust / predicted,
+            "epoch_ratio_before_prune_in_round": q_pre, "epoch_ratio_after_prune_in_round": q_post,
             "epi_s": dict(r.epi_s), "epi_work_s": r.epi_work_s, "epi_share": r.epi_work_s / r.total_s,
             "epoch_ratio_after_prune": (sum(after) / sum(dense_after)) if after else None,
             "epoch_ratio_before_prune": sum(before) / sum(dense.epoch_s[:len(before)]),
@@ -347,11 +369,16 @@ def run(cfg: TrainingConfig, log=print) -> dict:
         }
         out["runs"][r.name] = row
         log(f"  {r.name}: prune epoch {tp} ({row['prune_reason']}); wall {r.total_s:.1f} s vs dense "
-            f"{dense.total_s:.1f} s = {measured:.3f}x (speed-up {row['speedup']:.2f}x); FLOPs predict {predicted:.3f}x "
-            f"(f = {f:.3f}; the final step's time ratio {row['step_time_ratio']:.3f}); measured / predicted "
-            f"{row['measured_over_predicted']:.3f}; EPI's own work "
+            f"{dense.total_s:.1f} s = {measured:.3f}x, in-round {robust:.3f}x (speed-up {row['speedup']:.2f}x, "
+            f"in-round {row['speedup_in_round']:.2f}x); FLOPs predict {predicted:.3f}x (f = {f:.3f}; the final "
+            f"step's time ratio {row['step_time_ratio']:.3f}); measured / predicted {row['measured_over_predicted']:.3f}, "
+            f"in-round {row['measured_over_predicted_in_round']:.3f}; EPI's own work "
             f"{r.epi_work_s:.3f} s = {row['epi_share']:.3%}; top-1 {row['top1']:.3f} (dense {out['dense']['top1']:.3f})")
     return out
+
+
+def _f(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def targets(result: dict) -> list:
@@ -362,13 +389,16 @@ def targets(result: dict) -> list:
     for crit, r in result["runs"].items():
         fired = r["prune_reason"] == "epi"
         note = "" if fired else f" (prune_reason {r['prune_reason']!r}: EPI did not fire by itself)"
+        ratio = r.get("measured_over_predicted_in_round", r["measured_over_predicted"])
         rows.append({
             "target": f"B: measured wall-clock ratio <= {WALL_GOAL}x the FLOPs-predicted one ({crit})",
-            "value": f"{r['measured_over_predicted']:.3f}x (measured {r['wall_ratio']:.3f}, predicted "
-                     f"{r['predicted_wall_ratio']:.3f})",
-            "goal": f"<= {WALL_GOAL}x", "status": "PASS" if r["measured_over_predicted"] <= WALL_GOAL else "FAIL",
+            "value": f"{ratio:.3f}x (measured {r.get('wall_ratio_in_round', r['wall_ratio']):.3f} from in-round "
+                     f"epoch ratios, {r['wall_ratio']:.3f} from the sums of times; predicted {r['predicted_wall_ratio']:.3f})",
+            "goal": f"<= {WALL_GOAL}x", "status": "PASS" if ratio <= WALL_GOAL else "FAIL",
             "detail": f"prune epoch {r['prune_epoch']} of {r['epochs']} ({r['prune_reason']}); step FLOPs ratio "
-                      f"f = {r['step_flops_ratio']:.3f}" + note,
+                      f"f = {r['step_flops_ratio']:.3f}; epochs after the prune took "
+                      f"{_f(r.get('epoch_ratio_after_prune_in_round'))} of the dense run's (in-round median); "
+                      f"sums of times: {r['measured_over_predicted']:.3f}x" + note,
         })
         rows.append({
             "target": f"B: EPI's own work < {SHARE_GOAL:.0%} of training time ({crit})",
@@ -380,6 +410,7 @@ def targets(result: dict) -> list:
             "target": f"B: EPI fired by itself ({crit})",
             "value": f"prune_reason {r['prune_reason']!r} at epoch {r['prune_epoch']}",
             "goal": "'epi'", "status": "PASS" if fired else "FAIL",
-            "detail": f"absolute speed-up {r['speedup']:.2f}x (the paper: {PAPER_SPEEDUP}x)",
+            "detail": f"absolute speed-up {r.get('speedup_in_round', r['speedup']):.2f}x in-round, "
+                      f"{r['speedup']:.2f}x from the sums of times (the paper: {PAPER_SPEEDUP}x)",
         })
     return rows

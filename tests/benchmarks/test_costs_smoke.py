@@ -46,6 +46,7 @@ def test_costs_smoke(tmp_path, capsys):
     for r in tr["runs"].values():
         assert r["prune_epoch"] is not None and r["prune_reason"] in ("epi", "deadline")
         assert 0 < r["step_flops_ratio"] < 1 and 0 < r["predicted_wall_ratio"] < 1
+        assert r["wall_ratio_in_round"] > 0 and r["measured_over_predicted_in_round"] > 0
         assert r["epi_s"]["construct"] > 0 and r["epi_s"]["prune"] > 0
         assert 0 < r["epi_share"] < 1
         assert len(r["epoch_s"]) == tr["config"]["epochs"]
@@ -111,3 +112,16 @@ def test_training_targets_flag_a_run_that_did_not_fire():
     rows = {r["target"]: r for r in training.targets({"runs": {"magnitude": run}})}
     assert rows["B: EPI fired by itself (magnitude)"]["status"] == "FAIL"
     assert rows["B: measured wall-clock ratio <= 1.15x the FLOPs-predicted one (magnitude)"]["status"] == "PASS"
+
+
+def test_in_round_wall_ratio_is_not_moved_by_a_burst():
+    dense = [2.0] * 10
+    run = [2.0] * 4 + [1.0] * 6
+    ratio, pre, post = training.in_round_wall_ratio(dense, run, 4)
+    assert (pre, post) == (1.0, 0.5) and ratio == pytest.approx(0.7)
+    # A burst of load that doubles two rounds (both runs alike) leaves the in-round ratio alone.
+    burst_dense = dense[:6] + [4.0, 4.0] + dense[8:]
+    burst_run = run[:6] + [2.0, 2.0] + run[8:]
+    assert training.in_round_wall_ratio(burst_dense, burst_run, 4)[0] == pytest.approx(0.7)
+    # Work outside the epochs counts over T median dense epochs; without a prune it is all "before".
+    assert training.in_round_wall_ratio(dense, dense, None, extra_s=2.0) == (pytest.approx(1.1), 1.0, None)
