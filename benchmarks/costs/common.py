@@ -9,6 +9,8 @@ import statistics
 import time
 from typing import Callable, Dict, Optional, Tuple
 
+from ..timing import _stats as timing_stats
+
 
 def load_average() -> Optional[list]:
     try:
@@ -37,14 +39,8 @@ def wait_for_quiet(threshold: Optional[float], max_wait_s: float, poll_s: float 
 
 
 def stats(times) -> dict:
-    ts = sorted(times)
-    n = len(ts)
-    if n >= 4:
-        q1, _, q3 = statistics.quantiles(ts, n=4, method="inclusive")
-    else:
-        q1, q3 = ts[0], ts[-1]
-    return {"median_s": statistics.median(ts), "min_s": ts[0], "q1_s": q1, "q3_s": q3, "reps": n,
-            "samples_s": list(times)}
+    """The harness's summary of repeated timings (benchmarks.timing), with the samples kept."""
+    return {**timing_stats(list(times)), "samples_s": list(times)}
 
 
 def paired_ratio(num: dict, den: dict) -> Optional[float]:
