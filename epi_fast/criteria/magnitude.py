@@ -48,7 +48,7 @@ class Magnitude(Criterion):
             return group.sources("scales")
         return group.sources("scales") if group.covers("scales") else group.sources("filters")
 
-    def plan(self, layout):
+    def plan(self, layout, groups=None):
         if self.kind == "bn":
             missing = [g.root for g in layout.groups if not g.covers("scales")]
             if missing:
@@ -57,12 +57,43 @@ class Magnitude(Criterion):
                     f'none (first: {missing[0]}); use "magnitude" (bn where there is one, l2 elsewhere)'
                 )
         key = ("magnitude", "rows" if self.kind in ("l1", "l2") else self.kind)
-        return plan_for(layout, key, self._pick)
+        if groups is not None:
+            key += ("channel-groups",)
+        return plan_for(layout, key, self._pick, groups)
+
+    def joint_plan(self, layout):
+        """The plan of the joint-norm groups (attention heads, MLP channels): every source row
+        is one neuron's block of one parameter."""
+        joint = [i for i, g in enumerate(layout.groups) if g.joint_norm]
+        return plan_for(layout, ("magnitude", "joint"), lambda g: g.sources("filters"), joint)
 
     def group_scores(self, layout, reduce: Optional[str] = None) -> torch.Tensor:
         reduce = self.reduction(reduce)
         layout.check_current()
-        plan = self.plan(layout)
+        if not any(g.joint_norm for g in layout.groups):
+            return self._channel_scores(self.plan(layout), reduce)
+        # Attention heads and MLP channels: the norm of all of a neuron's parameters at once
+        # (q, k, v and o blocks; fc1 rows and fc2 columns), whatever `reduce` says.
+        plain = [i for i, g in enumerate(layout.groups) if not g.joint_norm]
+        joint = self.joint_plan(layout)
+        norm = "l1" if self.kind == "l1" else "l2"
+        if self.kind == "bn":
+            missing = next(g.root for g in layout.groups if g.joint_norm)
+            raise ValueError(f'criterion "bn" needs a BatchNorm in every group, but {missing} has none; use "magnitude"')
+        parts = ops.channel_scores(joint.tensors(), norm)
+        if norm == "l2":
+            joint_scores = joint.reduce(parts * parts, "sum").sqrt()
+        else:
+            joint_scores = joint.reduce(parts, "sum")
+        if not plain:
+            return joint_scores
+        out = torch.empty(layout.num_neurons, dtype=torch.float32, device=joint_scores.device)
+        out[joint.neuron_index.to(out.device)] = joint_scores
+        rest = self.plan(layout, plain)
+        out[rest.neuron_index.to(out.device)] = self._channel_scores(rest, reduce)
+        return out
+
+    def _channel_scores(self, plan, reduce: str) -> torch.Tensor:
         tensors = plan.tensors()
         if self.kind in ("l1", "l2"):
             scores = ops.channel_scores(tensors, self.kind)

@@ -80,7 +80,7 @@ class TaylorAccumulator(Accumulator):
         self.layout = layout
         self.mode = mode
         self.plan = self.criterion.plan(layout)
-        module, attrs = self.plan.sources[0]
+        module, attrs, _ = self.plan.sources[0]
         first = getattr(module, attrs[0])
         self.acc = torch.zeros(self.plan.num_channels, dtype=torch.float32, device=first.device)
         self._skipped = torch.zeros(1, dtype=torch.int64, device=first.device)
@@ -96,12 +96,16 @@ class TaylorAccumulator(Accumulator):
         the optimizer skips. Parameters without a gradient are left out. No host sync.
         """
         params, grads, offsets = [], [], []
-        for (module, attrs), off in zip(self.plan.sources, self.plan.offsets):
+        for (module, attrs, view), off in zip(self.plan.sources, self.plan.offsets):
             for attr in attrs:
                 p = getattr(module, attr)
                 if p is not None and p.grad is not None:
-                    params.append(p.detach())
-                    grads.append(p.grad)
+                    if view is None:
+                        params.append(p.detach())
+                        grads.append(p.grad)
+                    else:  # a head's block of a projection as one row (see Source.view)
+                        params.append(view(p.detach()))
+                        grads.append(view(p.grad))
                     offsets.append(off)
         if not params:
             raise RuntimeError("no scored parameter has a gradient: call step() after loss.backward()")

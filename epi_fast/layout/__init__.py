@@ -13,10 +13,14 @@ from .channels import ChannelGroup
 from .core import GroupLayout, group_layout
 from .groups import ROLES, LayoutGroup, Member, Source, register_group_kind, unregister_group_kind
 from .trace import BATCHNORM, PRUNABLE, call_model, unwrap_model
+from .transformer import (Block, HeadGroup, HeadPrunedMultiheadAttention, MlpGroup, Slice, register_attention,
+                          register_mlp, unregister_attention)
 
 __all__ = [
     "GroupLayout", "group_layout", "LayoutGroup", "ChannelGroup", "Member", "Source", "ROLES",
     "register_group_kind", "unregister_group_kind", "unwrap_model", "call_model", "PRUNABLE", "BATCHNORM",
+    "HeadGroup", "MlpGroup", "Block", "Slice", "register_attention", "unregister_attention", "register_mlp",
+    "HeadPrunedMultiheadAttention",
 ]
 
 # Every module of this package is imported, so that a group kind added as one new file

@@ -17,7 +17,8 @@ import torch.nn as nn
 from .. import ops
 from . import channels as _channels  # noqa: F401  (registers the built-in conv-channel kind)
 from .groups import LayoutGroup, claimed_modules, group_finders
-from .trace import PRUNABLE, resolve_ignored, trace_model, unwrap_model
+from .trace import PRUNABLE, check_token_inputs, resolve_ignored, run_once, trace_model, unwrap_model
+from .transformer import find_transformer_groups
 
 __all__ = ["GroupLayout", "group_layout"]
 
@@ -68,6 +69,13 @@ class GroupLayout:
     # layer_group and layer_scale on each device they were used on: copied there once, not at
     # every epoch end (a copy from pageable host memory synchronises with the device).
     _index_on: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+    # The group that measures each structure layer's current width.
+    _width_of: Dict[str, LayoutGroup] = field(default_factory=dict, repr=False)
+
+    @property
+    def kinds(self) -> List[str]:
+        """The group kinds present, in order of first appearance ("channels", "heads", "mlp")."""
+        return list(dict.fromkeys(g.kind for g in self.groups))
 
     @property
     def num_neurons(self) -> int:
@@ -87,9 +95,10 @@ class GroupLayout:
         return group_counts[:, idx] * scale
 
     def layer_channels(self) -> Dict[str, int]:
-        """Current output channels of every layer of the structure vector."""
+        """Current width of every entry of the structure vector: output channels of a layer,
+        query heads of an attention module, hidden channels of an MLP."""
         modules = dict(self.model.named_modules())
-        return {name: _out_channels(modules[name]) for name in self.layers}
+        return {name: self._width_of[name].width(modules[name]) for name in self.layers}
 
     def check_current(self) -> None:
         """Raise if the model's shapes changed since the layout was built (e.g. after a prune)."""
@@ -116,6 +125,9 @@ def group_layout(model: nn.Module, example_inputs, ignored_layers=(), *, observe
     """
     model = unwrap_model(model)
     ignored = resolve_ignored(model, ignored_layers)
+    blocks = find_transformer_groups(model, ignored)
+    if blocks:
+        return _transformer_layout(model, example_inputs, blocks, ignored, observe)
     trace = trace_model(model, example_inputs, observe=observe)
     names = {m: n for n, m in model.named_modules()}
     order = {m: i for i, m in enumerate(names)}
@@ -138,14 +150,18 @@ def group_layout(model: nn.Module, example_inputs, ignored_layers=(), *, observe
             prev = layer_of.get(module)
             if prev is None or count > prev[1]:
                 layer_of[module] = (gi, count, scale)
+    traced = set(trace.dg.module2node)
+    # nn.MultiheadAttention calls its out_proj's weights functionally: that is not untraced.
+    traced |= {sub for m in names if isinstance(m, nn.MultiheadAttention) for sub in m.modules()}
+    return _assemble(model, groups, layer_of, order, names, ignored_all, trace.dg, traced)
+
+
+def _assemble(model, groups, layer_of, order, names, ignored_all, dg, traced) -> GroupLayout:
     layer_modules = sorted(layer_of, key=lambda m: order[m])
     sizes = [g.size for g in groups]
     offsets = [0]
     for s in sizes[:-1]:
         offsets.append(offsets[-1] + s)
-    traced = set(trace.dg.module2node)
-    # nn.MultiheadAttention calls its out_proj's weights functionally: that is not untraced.
-    traced |= {sub for m in names if isinstance(m, nn.MultiheadAttention) for sub in m.modules()}
     shapes = {}
     for g in groups:
         for mem in g.members:
@@ -161,6 +177,23 @@ def group_layout(model: nn.Module, example_inputs, ignored_layers=(), *, observe
         layer_scale=torch.tensor([layer_of[m][2] for m in layer_modules], dtype=torch.int64),
         ignored=[names[m] for m in ignored_all],
         untraced=[n for m, n in names.items() if isinstance(m, PRUNABLE) and m not in traced],
-        dg=trace.dg,
+        dg=dg,
         _shapes=shapes,
+        _width_of={names[m]: groups[layer_of[m][0]] for m in layer_modules},
     )
+
+
+def _transformer_layout(model, example_inputs, groups, ignored, observe) -> GroupLayout:
+    """A model with attention: its head and MLP groups (`epi_fast.layout.transformer`), found
+    module by module. The model runs once on example_inputs (as the trace would), so that bad
+    inputs fail here; the residual width and the layers outside the transformer blocks are
+    not pruned."""
+    check_token_inputs(model, example_inputs)
+    run_once(model, example_inputs, observe)
+    names = {m: n for n, m in model.named_modules()}
+    order = {m: i for i, m in enumerate(names)}
+    layer_of = {}
+    for gi, g in enumerate(groups):
+        for module, count, scale in g.structure_layers():
+            layer_of[module] = (gi, count, scale)
+    return _assemble(model, groups, layer_of, order, names, list(ignored), None, set(names))

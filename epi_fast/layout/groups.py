@@ -18,7 +18,7 @@ new kind needs no change anywhere else.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, List, Sequence, Tuple
+from typing import Any, Callable, ClassVar, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -37,6 +37,10 @@ class Member:
     included), ``"in"`` (a conv/linear whose input channels are removed), ``"bn"`` (a
     BatchNorm) or ``"other"`` (LayerNorm, PReLU, a bare Parameter, ...).
     channels[i] is a channel index of the module, neurons[i] the group neuron it belongs to.
+    dim: the pruned dimension of the module's weight (or of a bare Parameter) when it is not
+    the usual one (dim 0 for "out", dim 1 for "in"): transformers' Conv1D stores its weight
+    transposed. Attention groups add a member of kind ``"attn"``: the attention module itself,
+    whose attention products scale with its kept heads.
     """
 
     name: str
@@ -44,19 +48,35 @@ class Member:
     kind: str
     channels: torch.Tensor
     neurons: torch.Tensor
+    dim: Optional[int] = None
 
 
 @dataclass(frozen=True)
 class Source:
     """Rows of one module's parameters that score a group's neurons: row ``rows[i]`` (dim 0) of
     every attribute in `attrs` belongs to neuron ``neurons[i]``. Attributes listed together add
-    into the same rows (a BatchNorm's weight and bias)."""
+    into the same rows (a BatchNorm's weight and bias).
+
+    view: when set, the rows are those of ``view(tensor)`` (a 2-D view or copy of the
+    attribute), not of the attribute itself: an attention head's block of a projection (its
+    columns of an output projection, its slice of a fused q/k/v weight) becomes one row.
+    key: what makes two sources the same tensor rows (default: the module). slot: sources that
+    share a slot add into the same rows of a Taylor buffer before the square: a head's Taylor
+    term is the square of the sum of w * g over all of its parameters."""
 
     name: str
     module: nn.Module
     attrs: Tuple[str, ...]
     rows: torch.Tensor
     neurons: torch.Tensor
+    view: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    key: Any = None
+    slot: Any = None
+
+    def tensor(self, attr: Optional[str] = None) -> torch.Tensor:
+        """The (viewed) attribute `attr` (default: the first), detached."""
+        t = getattr(self.module, attr or self.attrs[0]).detach()
+        return t if self.view is None else self.view(t)
 
 
 @dataclass
@@ -69,6 +89,10 @@ class LayoutGroup:
     size: int
     members: List[Member]
     kind: ClassVar[str] = "group"
+    # Magnitude criteria score a joint-norm group by the L2 norm of all of a neuron's
+    # parameters together (attention heads, MLP channels); other groups combine member channels
+    # with the criterion's reduce.
+    joint_norm: ClassVar[bool] = False
 
     def sources(self, role: str) -> List[Source]:
         raise NotImplementedError(f"{type(self).__name__} does not provide sources for role {role!r}")
@@ -84,6 +108,11 @@ class LayoutGroup:
         """(layer module, channels of it in this group, its channels per kept neuron) for every
         layer whose kept count this group decides."""
         raise NotImplementedError
+
+    def width(self, module: nn.Module) -> int:
+        """The current width of one of this group's structure layers (what `structure_layers`
+        counts): output channels of a conv/linear layer."""
+        return module.out_features if isinstance(module, nn.Linear) else module.out_channels
 
     def remove(self, dg, neurons: Sequence[int]) -> None:
         """Remove `neurons` (and everything coupled to them) from the model, in place."""

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-__all__ = ["PRUNABLE", "BATCHNORM", "Trace", "trace_model", "unwrap_model", "resolve_ignored", "call_model"]
+__all__ = ["PRUNABLE", "BATCHNORM", "Trace", "trace_model", "unwrap_model", "resolve_ignored", "call_model", "run_once",
+           "check_token_inputs"]
 
 PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
 BATCHNORM = nn.modules.batchnorm._BatchNorm
@@ -162,6 +163,55 @@ def trace_model(model: nn.Module, example_inputs: Any, observe: Optional[Context
             f"example_inputs ({_describe(example_inputs)}); nothing can be traced"
         )
     return Trace(model, dg, _output_layers(dg, captured))
+
+
+def run_once(model: nn.Module, example_inputs: Any, observe: Optional[ContextManager] = None):
+    """One forward pass as the trace runs it (eval mode, autograd on, every training flag
+    restored after), inside `observe`; a model that fails on example_inputs is a ValueError."""
+    check_inputs(example_inputs)
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.enable_grad(), observe if observe is not None else nullcontext():
+            return call_model(model, example_inputs)
+    except Exception as cause:
+        first = " ".join(str(cause).split()) or type(cause).__name__
+        raise ValueError(
+            f"{type(model).__name__} cannot run on example_inputs ({_describe(example_inputs)}): "
+            f"{type(cause).__name__}: {first[:300]}"
+        ) from cause
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def check_token_inputs(model: nn.Module, example_inputs: Any) -> None:
+    """A language model (one whose `get_input_embeddings()` is an nn.Embedding) takes token
+    ids: a ValueError for floating-point inputs or ids outside its vocabulary."""
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        emb = get() if callable(get) else None
+    except Exception:  # noqa: BLE001  (a model without input embeddings may raise here)
+        emb = None
+    if not isinstance(emb, nn.Embedding):
+        return
+    ids = example_inputs
+    if isinstance(ids, dict):
+        ids = ids.get("input_ids")
+    elif isinstance(ids, (tuple, list)):
+        ids = ids[0] if ids else None
+    if not isinstance(ids, torch.Tensor):
+        return
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(
+            f"example_inputs of {type(model).__name__}, a language model, must be token ids (an integer tensor "
+            f"of shape [batch, length]), got a {str(ids.dtype).replace('torch.', '')} tensor of shape {tuple(ids.shape)}"
+        )
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= emb.num_embeddings):
+        raise ValueError(
+            f"example_inputs of {type(model).__name__} hold token ids from {int(ids.min())} to {int(ids.max())}, "
+            f"outside its vocabulary of {emb.num_embeddings}"
+        )
 
 
 def _describe(example_inputs: Any) -> str:

@@ -127,10 +127,10 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
     groups_pruned = sum(1 for g, o in zip(layout.groups, layout.offsets) if not bool(keep[o:o + g.size].all()))
     layers = list(layout.layers)
     expected = layout.structure(keep)[0].tolist()
-    modules = dict(model.named_modules())
     snapshot = _cut(model, layout, keep, optimizer)
     try:
-        kept = [_out_channels(modules[name]) for name in layers]
+        widths = layout.layer_channels()
+        kept = [widths[name] for name in layers]
         _check_structure(layers, kept, expected)
         # Counting runs the pruned model: a model that no longer runs is undone, not returned.
         after = count_ops(model, example_inputs)
@@ -199,10 +199,6 @@ def _check_structure(layers, kept, expected) -> None:
             )
 
 
-def _out_channels(module: nn.Module) -> int:
-    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
-
-
 def _check_mask(layout: GroupLayout, keep) -> torch.Tensor:
     n = layout.num_neurons
     if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool:
@@ -256,15 +252,20 @@ class _Snapshot:
         self.new_ids: set[int] = set()
         self.dtypes: dict[int, torch.dtype] = {}
         self.modules = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
+        # A cut may change a module's class (nn.MultiheadAttention whose heads go).
+        self.classes = [(m, type(m)) for m in model.modules()]
         self.params = [(p, p.data, p.grad) for _, _, p in params]
         self.optimizer = optimizer
         if optimizer is not None:
             self.groups = [list(g["params"]) for g in optimizer.param_groups]
             self.state = dict(optimizer.state)
         self.dg = dg
-        self.dg_state = (dict(dg.module2node), dict(dg._param_to_name), list(dg._pruning_history))
+        self.dg_state = None if dg is None else (dict(dg.module2node), dict(dg._param_to_name), list(dg._pruning_history))
 
     def restore(self):
+        for m, cls in self.classes:
+            if type(m) is not cls:
+                m.__class__ = cls
         for m, attrs, params, buffers, children in self.modules:
             m.__dict__.clear()
             m.__dict__.update(attrs)
@@ -279,10 +280,11 @@ class _Snapshot:
                 g["params"] = saved
             self.optimizer.state.clear()
             self.optimizer.state.update(self.state)
-        module2node, param_to_name, history = self.dg_state
-        self.dg.module2node = module2node
-        self.dg._param_to_name = param_to_name
-        self.dg._pruning_history = history
+        if self.dg_state is not None:
+            module2node, param_to_name, history = self.dg_state
+            self.dg.module2node = module2node
+            self.dg._param_to_name = param_to_name
+            self.dg._pruning_history = history
         self.layout._spent = False
 
 

@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from ..layout import unwrap_model
+from ..layout.transformer import HeadPrunedMultiheadAttention
 from .._io import atomic_write
 from .._version import __version__
 
@@ -57,6 +58,9 @@ _SHAPE_ATTRS = (
     "num_channels", "num_groups",  # group norm
     "normalized_shape",  # layer norm
     "num_parameters",  # PReLU
+    "nf", "nx",  # transformers' Conv1D
+    # attention modules whose heads were pruned (epi_fast.layout.transformer)
+    "num_heads", "num_key_value_heads", "num_attention_heads", "all_head_size", "split_size", "inner_dim",
 )
 
 
@@ -280,6 +284,8 @@ def _shrink(model: nn.Module, modules: dict, state: dict) -> None:
         m = by_name[name]
         for attr, value in attrs.items():
             setattr(m, attr, tuple(value) if isinstance(value, list) else value)
+        if isinstance(m, nn.MultiheadAttention) and "inner_dim" in attrs and type(m) is nn.MultiheadAttention:
+            m.__class__ = HeadPrunedMultiheadAttention  # its heads were pruned
     for name, m in by_name.items():
         prefix = f"{name}." if name else ""
         for attr, p in list(m._parameters.items()):

@@ -171,11 +171,25 @@ def _unwrapped_dims(layout: GroupLayout) -> Dict[int, int]:
     return {id(u.parameters): int(u.pruning_dim) for u in getattr(layout.dg, "unwrapped_parameters", None) or ()}
 
 
+def _is_conv1d(m) -> bool:
+    """transformers' Conv1D (GPT-2): a linear layer whose weight is stored [in, out]."""
+    return type(m).__name__ == "Conv1D" and isinstance(getattr(m, "weight", None), torch.Tensor)
+
+
 def _record_member(dims: _Dims, mem, gi: int, size: int, bare_dims: Dict[int, int]) -> None:
     m = mem.module
     cpn = mem.channels.numel() / size  # module channels removed per removed neuron
+    if mem.kind == "attn":
+        return  # the attention module itself: its products are followed by flops_model
+    if mem.dim is not None and (isinstance(m, nn.Linear) or _is_conv1d(m)):
+        # Attention and MLP slices: the pruned dimension of the weight is given; an output
+        # slice ("out") takes the bias along.
+        dims.cut(m.weight, mem.dim, gi, cpn, size)
+        if mem.kind == "out":
+            dims.cut(m.bias, 0, gi, cpn, size)
+        return
     if isinstance(m, nn.Parameter) or (isinstance(m, torch.Tensor) and not isinstance(m, nn.Module)):
-        dim = bare_dims.get(id(m))
+        dim = mem.dim if mem.dim is not None else bare_dims.get(id(m))
         if dim is None:
             raise ValueError(f"cannot follow the cost of parameter {mem.name}: its pruned dimension is unknown")
         dims.cut(m, dim, gi, cpn, size)
@@ -280,7 +294,24 @@ def flops_model(layout: GroupLayout, example_inputs: Any) -> CostModel:
             continue  # nothing of it is pruned: part of the constant
         attention = sum(v for op, v in ops_.items() if any(a in op for a in _ATTENTION_OPS))
         products = total - attention
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and not attention:
+        heads = [gi for gi, kind in members.get(name, ()) if kind == "attn"]
+        if heads:
+            # An attention module whose heads are pruned: its score and weighted-sum products
+            # scale with its kept key/value groups, its own projections (nn.MultiheadAttention's
+            # in_proj and out_proj run functionally) with their weights.
+            gi = heads[0]
+            size = layout.groups[gi].size
+            kept = _Affine(size)
+            kept.cut(gi, 1.0, size)
+            q.add_affine(kept, attention / size)
+            own = [p for p in m.parameters(recurse=isinstance(m, nn.MultiheadAttention)) if p.dim() == 2]
+            dense = sum(p.numel() for p in own)
+            if products and not dense:
+                raise ValueError(f"cannot follow the FLOPs of {name} ({type(m).__name__}): {products} FLOPs outside "
+                                 "attention products and no weight to relate them to")
+            for p in own:
+                q.add_product(dims.numel(p), products / dense)
+        elif (isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or _is_conv1d(m)) and not attention:
             q.add_product(dims.numel(m.weight), total / m.weight.numel())
         elif isinstance(m, nn.MultiheadAttention) and m._qkv_same_embed_dim:
             weights = [m.in_proj_weight, m.out_proj.weight]

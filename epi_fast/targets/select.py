@@ -18,6 +18,14 @@ that order is cut:
 
 Each group then keeps its highest-scoring n_g neurons (ties: higher index kept), which for an
 unrounded cut are exactly the neurons the order did not reach.
+
+Kinds of groups (conv channels, attention heads, MLP channels) are ranked separately by
+default (``ranking="per_kind"``), since a head's norm and a channel's norm are not comparable:
+with ``target="channels"`` each kind loses k = floor(ratio * N_kind + 0.5) of its own N_kind
+neurons (the paper's rule within each kind); with a cost target or rounding, every neuron's
+score is replaced by its quantile within its kind, (rank + 1) / N_kind, so that the single
+order cuts every kind at about the same fraction. ``ranking="global"`` ranks all kinds in one
+order after dividing each kind's scores by their mean.
 """
 
 from __future__ import annotations
@@ -35,7 +43,12 @@ from .costs import cost_model
 from .limits import (DEFAULT_MAX_LAYER_RATIO, check_max_layer_ratio, check_round_to, check_target, group_minimums,
                      rounding_bounds)
 
-__all__ = ["Selection", "Selector", "TOLERANCE"]
+__all__ = ["Selection", "Selector", "TOLERANCE", "RANKINGS"]
+
+RANKINGS = ("per_kind", "global")
+
+# What the errors call each kind's neurons.
+_KIND_WORDS = {"channels": "channel", "heads": "attention-head (key/value group)", "mlp": "MLP-channel"}
 
 # The achieved fraction of a "params" / "flops" target (or of a rounded one) is within this
 # of the ratio, or the selection raises naming the nearest reachable fractions.
@@ -62,8 +75,11 @@ class Selector:
 
     def __init__(self, layout: GroupLayout, target: str = "channels", min_keep: int = 1,
                  max_layer_ratio: Any = DEFAULT_MAX_LAYER_RATIO, round_to: Optional[int] = None,
-                 example_inputs: Any = None) -> None:
+                 example_inputs: Any = None, ranking: str = "per_kind") -> None:
+        if ranking not in RANKINGS:
+            raise ValueError(f"unknown ranking {ranking!r}; expected one of {', '.join(map(repr, RANKINGS))}")
         self.layout = layout
+        self.ranking = ranking
         self.target = check_target(target)
         self.min_keep = check_int(min_keep, "min_keep", 1)
         self.max_layer_ratio = check_max_layer_ratio(max_layer_ratio)
@@ -78,6 +94,21 @@ class Selector:
         uniform = bool((self.minimums == self.min_keep).all())
         self._kernel_min_keep = self.min_keep if uniform else self.minimums
         self._device_cache = {}
+        # The kinds of groups, each with its groups' indices and its neurons' positions.
+        kinds = {}
+        for gi, g in enumerate(layout.groups):
+            kinds.setdefault(g.kind, []).append(gi)
+        self.kinds = {}
+        for kind, gis in kinds.items():
+            neurons = torch.cat([torch.arange(layout.offsets[gi], layout.offsets[gi] + layout.group_sizes[gi]) for gi in gis])
+            gidx = torch.tensor(gis, dtype=torch.int64)
+            mins = self.minimums[gidx]
+            self.kinds[kind] = {
+                "groups": gidx, "neurons": neurons, "sizes": [layout.group_sizes[gi] for gi in gis],
+                "n": int(neurons.numel()), "removable": int((self.sizes[gidx] - mins).sum()),
+                "min_keep": self.min_keep if bool((mins == self.min_keep).all()) else mins,
+            }
+        self.per_kind = ranking == "per_kind" and len(self.kinds) > 1
 
     # -- the rule -------------------------------------------------------------------------------
     def select(self, scores: torch.Tensor, ratios: Sequence[float], strict: bool = True) -> Selection:
@@ -89,8 +120,12 @@ class Selector:
         if not isinstance(scores, torch.Tensor) or scores.dim() != 1 or scores.numel() != self.n:
             shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
             raise ValueError(f"scores must be a 1-D tensor of the layout's {self.n} group neurons, got {shape}")
+        if len(self.kinds) > 1 and self.ranking == "global":
+            scores = self._normalised(scores)
         if self.by_count:
             self._check_count(ratios)
+            if self.per_kind:
+                return self._by_count_per_kind(scores, ratios)
             return self._by_count(scores, ratios)
         return self._by_cost(scores, ratios, strict)
 
@@ -98,7 +133,60 @@ class Selector:
         mlr = self.max_layer_ratio if not isinstance(self.max_layer_ratio, dict) else "{...}"
         return f"target={self.target!r}, max_layer_ratio={mlr}, min_keep={self.min_keep}, round_to={self.round_to}"
 
+    def _normalised(self, scores: torch.Tensor) -> torch.Tensor:
+        """ranking="global": each kind's scores divided by their mean (a kind whose scores are all
+        zero is left as it is)."""
+        out = scores.to(torch.float32).clone()
+        for info in self.kinds.values():
+            idx = self._index(info, "neurons", scores.device)
+            mean = out[idx].abs().mean()
+            out[idx] = out[idx] / torch.where(mean > 0, mean, torch.ones_like(mean))
+        return out
+
+    def _index(self, info: dict, key: str, device) -> torch.Tensor:
+        cache = info.setdefault("_on", {})
+        k = (key, str(device))
+        if k not in cache:
+            cache[k] = info[key].to(device)
+        return cache[k]
+
+    def _quantiles(self, s: torch.Tensor) -> torch.Tensor:
+        """Each neuron's quantile within its kind, (rank + 1) / N_kind, float64 (ties: lower index
+        first, as in the single order)."""
+        out = torch.empty(s.shape, dtype=torch.float64, device=s.device)
+        for info in self.kinds.values():
+            idx = self._index(info, "neurons", s.device)
+            order = torch.sort(s[idx], stable=True).indices
+            rank = torch.empty_like(order)
+            rank[order] = torch.arange(order.numel(), device=s.device)
+            out[idx] = (rank + 1).to(torch.float64) / info["n"]
+        return out
+
+    def _by_count_per_kind(self, scores, ratios) -> Selection:
+        m = len(ratios)
+        masks = torch.empty((m, self.n), dtype=torch.bool, device=scores.device)
+        counts = torch.empty((m, len(self.layout.groups)), dtype=torch.int64, device=scores.device)
+        for info in self.kinds.values():
+            idx = self._index(info, "neurons", scores.device)
+            gidx = self._index(info, "groups", scores.device)
+            mk, _, ck = ops.global_masks_counts(scores[idx], ratios, info["sizes"], info["min_keep"])
+            masks[:, idx] = mk
+            counts[:, gidx] = ck
+        achieved = 1.0 - counts.sum(1).to(torch.float64) / self.n
+        return Selection(masks, counts, achieved)
+
     def _check_count(self, ratios) -> None:
+        if self.per_kind:
+            for kind, info in self.kinds.items():
+                for p in ratios:
+                    k = math.floor(p * info["n"] + 0.5)
+                    if k > info["removable"]:
+                        raise ValueError(
+                            f"ratio {p} removes {k} of the {info['n']} {_KIND_WORDS.get(kind, kind)} neurons, but the "
+                            f"limits ({self.describe()}) let at most {info['removable']} go: the nearest reachable "
+                            f"ratios for them are {info['removable'] / info['n']:.4f} (below) and none (above)"
+                        )
+            return
         for p in ratios:
             k = math.floor(p * self.n + 0.5)
             if k > self.removable:
@@ -144,6 +232,8 @@ class Selector:
         if nans:
             raise ValueError(f"scores hold {nans} NaN values; cannot rank channels")
         s = s + 0.0  # -0.0 becomes +0.0: the two are one score
+        if self.per_kind:
+            s = self._quantiles(s)
         gid, sizes = d["gid"], d["sizes"]
         n = self.n
         order = torch.sort(s, stable=True).indices  # ascending score, lower index first

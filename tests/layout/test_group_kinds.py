@@ -105,7 +105,13 @@ def test_a_registered_kind_prunes_like_masking(hidden_kind):
     masked = Net().eval()
     masked.load_state_dict(model.state_dict())
     report = epi_fast.prune(model, 0.4, x[:1], scores=scores, layout=layout)
-    keep, _ = epi_fast.global_masks(scores, 0.4, layout.group_sizes)
+    # Each kind is ranked on its own (the default ranking="per_kind"): the paper's cut within each.
+    keep = torch.zeros(1, layout.num_neurons, dtype=torch.bool)
+    for kind in ("mlp-hidden", "channels"):
+        gis = [i for i, g in enumerate(layout.groups) if g.kind == kind]
+        idx = torch.cat([torch.arange(layout.offsets[i], layout.offsets[i] + layout.group_sizes[i]) for i in gis])
+        sub, _ = epi_fast.global_masks(scores[idx], 0.4, [layout.group_sizes[i] for i in gis])
+        keep[0, idx] = sub[0]
     modules = dict(masked.named_modules())
     with torch.no_grad():  # removed neurons made inert: their output rows, biases and BN affine zero
         for g, o in zip(layout.groups, layout.offsets):
