@@ -100,3 +100,14 @@ def check_max_layer_ratio(value: Any):
 
 def check_round_to(value: Any) -> Optional[int]:
     return None if value is None else check_int(value, "round_to", 1)
+
+
+# How the kinds of groups (conv channels, attention heads, MLP channels) are ranked at a ratio.
+RANKINGS = ("per_kind", "global")
+
+
+def check_ranking(ranking: Any) -> str:
+    """"per_kind" (each kind of group ranked on its own, the default) or "global"."""
+    if ranking not in RANKINGS:
+        raise ValueError(f"unknown ranking {ranking!r}; expected one of {', '.join(map(repr, RANKINGS))}")
+    return ranking

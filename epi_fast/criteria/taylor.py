@@ -69,7 +69,9 @@ class TaylorAccumulator(Accumulator):
 
     Per channel, a step adds ``f(sum over the channel's parameters of w * dL/dw)`` with f =
     square (``mode="square"``) or abs: the BatchNorm weight and bias of each BN member (both into
-    the same channels), or the conv/linear weight and bias of groups without a BatchNorm. One
+    the same channels), or the conv/linear weight and bias of groups without a BatchNorm; for an
+    attention head or an MLP channel, every one of its parameters into one row, so that f
+    applies to the sum over the whole head. One
     fused `taylor_accumulate_` call per step, no host synchronisation; a step whose gradients
     hold inf/NaN is skipped and counted. `scores()` averages over the steps that were not
     skipped and combines member channels into group neurons.

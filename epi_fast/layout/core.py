@@ -122,6 +122,11 @@ def group_layout(model: nn.Module, example_inputs, ignored_layers=(), *, observe
     model is accepted. observe: a context manager entered around the trace's one forward call
     (eval mode, autograd on), e.g. `epi_fast.targets.flops.FlopProbe(model)` to count the
     FLOPs of that pass instead of running the model again.
+
+    A model with a known attention module (`epi_fast.layout.transformer`) is laid out module by
+    module instead of traced: its groups are attention heads and MLP channels, its residual
+    width and the layers outside its transformer blocks are not pruned, and it runs once on
+    example_inputs (token ids for a language model) so that bad inputs fail here.
     """
     model = unwrap_model(model)
     ignored = resolve_ignored(model, ignored_layers)

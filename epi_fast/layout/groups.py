@@ -1,7 +1,8 @@
 """What a group of coupled neurons is, and how the layout learns about kinds of groups.
 
-A *group kind* (conv channels today; attention heads and MLP channels are the next ones) is one
-class derived from `LayoutGroup` plus one *finder* registered with `register_group_kind`. The
+A *group kind* (conv channels; attention heads and MLP channels, see `transformer.py`) is one
+class derived from `LayoutGroup`, plus one *finder* registered with `register_group_kind` for
+kinds found on the traced graph. The
 group is the only place that knows which tensor slices its neurons own:
 
 - `sources(role)`: the tensors, and which of their dim-0 rows belong to which neuron, that a

@@ -469,16 +469,14 @@ def find_transformer_groups(model: nn.Module, ignored: Sequence[nn.Module] = ())
     groups: List[LayoutGroup] = []
     inside: set = set()  # modules within a recognised block: not looked at again
     found_attention = False
+    unknown: List[Tuple[str, nn.Module]] = []
     for name, m in model.named_modules():
         if id(m) in inside:
             continue
         kind, block = _recognise(m)
         if block is None:
-            if kind == "unknown":
-                raise ValueError(
-                    f"{name or 'the model'} is a {type(m).__name__}, an attention module epi_fast does not know: teach "
-                    f"the layout its heads with epi_fast.layout.register_attention({type(m).__name__}, adapter)"
-                )
+            if kind == "unknown" and m is not model:
+                unknown.append((name, m))
             continue
         found_attention |= kind == "heads"
         # An attention module's insides are not looked at again; an MLP's owner may hold the
@@ -493,6 +491,17 @@ def find_transformer_groups(model: nn.Module, ignored: Sequence[nn.Module] = ())
         slice_names = {id(s.owner): names.get(s.owner, name) for s in block.slices}
         groups.append(cls(name, block.size, _members(block, m, name, names, kind == "heads"),
                           module=m, block=block, names=slice_names))
+    for name, m in unknown:
+        # A module that holds a known attention module is a container (a block), not an
+        # attention of its own.
+        if any(isinstance(g, HeadGroup) and any(sub is g.module for sub in m.modules()) for g in groups):
+            continue
+        if any(id(sub) in inside for sub in m.modules() if sub is not m) and not _owns_linears(m, inside):
+            continue
+        raise ValueError(
+            f"{name} is a {type(m).__name__}, an attention module epi_fast does not know: teach the layout its "
+            f"heads with epi_fast.layout.register_attention({type(m).__name__}, adapter)"
+        )
     return groups if found_attention else []
 
 
@@ -512,5 +521,19 @@ def _recognise(m: nn.Module) -> Tuple[str, Optional[Block]]:
     return "none", None
 
 
-def _owns_linears(m: nn.Module) -> bool:
-    return sum(1 for c in m.modules() if isinstance(c, nn.Linear)) >= 2
+def layer_width(m: Optional[nn.Module]) -> Optional[int]:
+    """The width a structure-vector entry counts for module `m`: output channels of a
+    conv/linear layer, query heads of a known attention module, hidden channels of a known
+    MLP (None for anything else)."""
+    if isinstance(m, nn.Linear):
+        return m.out_features
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return m.out_channels
+    if m is None:
+        return None
+    _, block = _recognise(m)
+    return None if block is None or block.count is None else block.count() * block.per_neuron
+
+
+def _owns_linears(m: nn.Module, skip: set = frozenset()) -> bool:
+    return sum(1 for c in m.modules() if _is_linear_like(c) and id(c) not in skip) >= 2

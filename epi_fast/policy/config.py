@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from .._args import check_int, check_optional_int, check_ratio, check_ratios, check_unit
 from ..criteria import Criterion, Taylor, get_criterion
-from ..targets import DEFAULT_MAX_LAYER_RATIO, check_max_layer_ratio, check_round_to, check_target
+from ..targets import DEFAULT_MAX_LAYER_RATIO, check_max_layer_ratio, check_ranking, check_round_to, check_target
 
 __all__ = ["PrunerConfig"]
 
@@ -37,12 +37,13 @@ class PrunerConfig:
     target: str = "channels"
     max_layer_ratio: Any = DEFAULT_MAX_LAYER_RATIO
     round_to: Optional[int] = None
+    ranking: str = "per_kind"
 
     @classmethod
     def build(cls, ratio, criterion="magnitude", window=5, tau=None, patience=5, track_ratios=(),
               deadline_epoch=None, min_keep=1, ignored_layers=(), reduce=None, total_epochs=None,
               taylor_mode=None, target="channels", max_layer_ratio=DEFAULT_MAX_LAYER_RATIO,
-              round_to=None) -> "PrunerConfig":
+              round_to=None, ranking="per_kind") -> "PrunerConfig":
         ratio = check_ratio(ratio, "ratio", allow_zero=False)
         ratios = [ratio]
         for r in check_ratios(track_ratios, "track_ratios"):
@@ -66,12 +67,13 @@ class PrunerConfig:
         target = check_target(target)
         max_layer_ratio = check_max_layer_ratio(max_layer_ratio)
         round_to = check_round_to(round_to)
+        ranking = check_ranking(ranking)
         if isinstance(ignored_layers, (str, bytes)) or not hasattr(ignored_layers, "__iter__"):
             ignored_layers = (ignored_layers,)
         return cls(ratio=ratio, criterion=crit, criterion_name=name, ratios=tuple(ratios), window=window,
                    tau=float(tau), patience=patience, deadline_epoch=deadline_epoch, min_keep=min_keep,
                    ignored_layers=tuple(ignored_layers), reduce=crit.reduction(reduce), total_epochs=total_epochs,
-                   target=target, max_layer_ratio=max_layer_ratio, round_to=round_to)
+                   target=target, max_layer_ratio=max_layer_ratio, round_to=round_to, ranking=ranking)
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings a resumed run must share with the saved one (checked on load)."""
@@ -88,4 +90,5 @@ class PrunerConfig:
             "target": self.target,
             "max_layer_ratio": self.max_layer_ratio,
             "round_to": self.round_to,
+            "ranking": self.ranking,
         }

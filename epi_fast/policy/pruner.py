@@ -25,6 +25,7 @@ import torch.nn as nn
 from ..criteria import criterion_names, get_criterion, gradient_criterion_names
 from ..distributed import is_ddp, rank_zero_for
 from ..indicator import IndicatorBank
+from ..layout.transformer import layer_width
 from ..layout import unwrap_model
 from ..surgery import count_ops
 from ..surgery.removal import prune_to
@@ -42,7 +43,7 @@ GRADIENT_CRITERIA = gradient_criterion_names()
 _STATE_VERSION = 3
 # What the selection rule was before version 3 (0.1 and 0.2): channels, no per-layer limit, no
 # rounding. A state from then is read with these, so a pruner built with other settings is told.
-_RULE_BEFORE_V3 = {"target": "channels", "max_layer_ratio": 1.0, "round_to": None}
+_RULE_BEFORE_V3 = {"target": "channels", "max_layer_ratio": 1.0, "round_to": None, "ranking": "per_kind"}
 
 
 def default_tau(criterion) -> float:
@@ -118,6 +119,7 @@ class EPIPruner:
         max_layer_ratio: Any = DEFAULT_MAX_LAYER_RATIO,
         round_to: Optional[int] = None,
         *,
+        ranking: str = "per_kind",
         total_epochs: Optional[int] = None,
         taylor_mode: Optional[str] = None,
         process_group: Any = None,
@@ -126,7 +128,7 @@ class EPIPruner:
             ratio, criterion=criterion, window=window, tau=tau, patience=patience, track_ratios=track_ratios,
             deadline_epoch=deadline_epoch, min_keep=min_keep, ignored_layers=ignored_layers, reduce=reduce,
             total_epochs=total_epochs, taylor_mode=taylor_mode, target=target, max_layer_ratio=max_layer_ratio,
-            round_to=round_to,
+            round_to=round_to, ranking=ranking,
         )
         self._wrapper = model if is_ddp(model) else None
         self.module: nn.Module = unwrap_model(model)
@@ -351,11 +353,9 @@ class EPIPruner:
         modules = dict(self.module.named_modules())
         out = {}
         for n in names:
-            m = modules.get(n)
-            if isinstance(m, nn.Linear):
-                out[n] = m.out_features
-            elif isinstance(m, nn.modules.conv._ConvNd):
-                out[n] = m.out_channels
+            width = layer_width(modules.get(n))
+            if width is not None:
+                out[n] = width
         return out
 
     def _prune(self, scores: torch.Tensor, reason: str) -> None:
@@ -366,7 +366,7 @@ class EPIPruner:
         cfg = self.config
         report = prune_to(self.module, self.ratio, self.example_inputs, cfg.criterion, scores, self.optimizer,
                           self.min_keep, cfg.ignored_layers, tracker.layout, self.reduce, cfg.target,
-                          cfg.max_layer_ratio, cfg.round_to, strict=False)
+                          cfg.max_layer_ratio, cfg.round_to, strict=False, ranking=cfg.ranking)
         if abs(report["achieved"] - self.ratio) > TOLERANCE:
             warnings.warn(
                 f"pruned {report['achieved']:.4f} of the {cfg.target} for a requested {self.ratio}: the structure EPI "
@@ -398,7 +398,9 @@ def _upgrade_state(state: Dict[str, Any]) -> Dict[str, Any]:
     """A state_dict of this version, from this version, 0.2's (version 2) or 0.1's (version 1)."""
     version = state.get("version")
     if version == _STATE_VERSION:
-        return state
+        # "ranking" came within version 3: before it, kinds were ranked in one order, which for
+        # the one kind of a CNN is the per-kind rule.
+        return {**state, "config": {"ranking": "per_kind", **state["config"]}}
     if version == 2:
         return {**state, "version": _STATE_VERSION, "config": {**_RULE_BEFORE_V3, **state["config"]}}
     if version != 1:

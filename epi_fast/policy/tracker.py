@@ -59,7 +59,7 @@ class StructureTracker:
         # The prune's own selection rule (target, limits, rounding): EPI watches the very
         # structures that the prune would cut.
         self.selector = Selector(self.layout, config.target, config.min_keep, config.max_layer_ratio,
-                                 config.round_to, example_inputs)
+                                 config.round_to, example_inputs, ranking=config.ranking)
         self.bank = IndicatorBank(config.ratios, window=config.window, tau=config.tau, patience=config.patience)
         self.accumulator = self.criterion.accumulator(self.layout) if self.criterion.needs_gradients else None
         self.epoch = 0

@@ -50,13 +50,11 @@ def load_pretrained(cls, path, **config_overrides: Any) -> nn.Module:
     config = cls.config_class.from_pretrained(path, **config_overrides)
     model = cls(config)
     state = _read_state(path)
-    # Tied weights (lm_head = embed_tokens) are saved once: the loader fills the other.
-    blocks = [(m, block) for m in model.modules() for kind, block in [_recognise(m)] if block is not None]
+    blocks = [(m, block) for m in model.modules() for _, block in [_recognise(m)] if block is not None]
     dense_len = {}
     for _, block in blocks:
         for s in block.slices:
             dense_len[(id(s.owner), s.attr, s.dim)] = getattr(s.owner, s.attr).shape[s.dim]
-    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     for module_name, m in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
         for attr, p in list(m._parameters.items()):
@@ -77,11 +75,11 @@ def load_pretrained(cls, path, **config_overrides: Any) -> nn.Module:
         if gone and block.update is not None:
             block.update(block.size - gone)
     missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied weights (lm_head = embed_tokens) are saved once: tie_weights fills the other.
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not any(k.startswith(t) for t in tied)]
     if missing or unexpected:
         raise ValueError(f"the weights in {path} do not fit {cls.__name__}: {describe_mismatch(model, state)}")
     if hasattr(model, "tie_weights"):
         model.tie_weights()
-    del names
     return model

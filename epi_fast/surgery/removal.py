@@ -58,6 +58,7 @@ def prune(
     target: str = "channels",
     max_layer_ratio: Any = DEFAULT_MAX_LAYER_RATIO,
     round_to: Optional[int] = None,
+    ranking: str = "per_kind",
 ) -> dict:
     """Remove the lowest-scoring part of the model's group neurons, in place.
 
@@ -71,7 +72,12 @@ def prune(
     floor(max_layer_ratio * width) channels of one layer go (a float in (0, 1], or a mapping
     from layer name to one; coupled layers take the smallest). The default, 0.9, keeps at least
     ceil(0.1 * width) channels of every layer; max_layer_ratio=1.0 is the paper's rule.
-    round_to: every pruned layer keeps a multiple of it (or its whole width when narrower).
+    round_to: every pruned layer keeps a multiple of it (or its whole width when narrower);
+    attention heads are not rounded.
+    ranking: "per_kind" (default): each kind of group (conv channels, attention heads, MLP
+    channels) is ranked on its own, so that with target="channels" each kind loses the
+    fraction `ratio` of its neurons (attention heads count as key/value groups); "global":
+    one order over every kind after dividing each kind's scores by their mean.
 
     criterion: a name or an `epi_fast.criteria.Criterion`; a weight criterion ("l2", "l1",
     "bn", "magnitude", ...) scores the current weights, combining member channels with
@@ -86,16 +92,18 @@ def prune(
 
     Returns a report: ratio, criterion, target, requested (= ratio) and achieved (the fraction
     of the target quantity removed, measured on the pruned model), params/flops/macs before
-    and after, layers and kept (per-layer output channels after), channels_before,
-    groups_pruned, neurons_removed, channels_removed. Raises ValueError/TypeError before touching anything on bad input; on
+    and after, layers and kept (per-layer widths after: output channels, query heads of an
+    attention module, hidden channels of an MLP), channels_before, groups_pruned,
+    neurons_removed, channels_removed, ranking, and kinds ({kind: {"neurons", "removed"}} per
+    kind of group). Raises ValueError/TypeError before touching anything on bad input; on
     any failure the model and optimizer are left unchanged.
     """
     return prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_keep, ignored_layers, layout, reduce,
-                    target, max_layer_ratio, round_to, strict=True)
+                    target, max_layer_ratio, round_to, strict=True, ranking=ranking)
 
 
 def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_keep, ignored_layers, layout, reduce,
-             target, max_layer_ratio, round_to, *, strict: bool) -> dict:
+             target, max_layer_ratio, round_to, *, strict: bool, ranking: str = "per_kind") -> dict:
     """`prune`; strict=False cuts at the nearest reachable structure even when it is further
     than 0.01 from the ratio (EPIPruner: the structure EPI tracked, see `Selector.select`)."""
     model = unwrap_model(model)
@@ -114,7 +122,7 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
         layout = group_layout(model, example_inputs, ignored_layers=ignored_layers, observe=probe)
     else:
         _check_layout(layout, model)
-    selector = Selector(layout, target, min_keep, max_layer_ratio, round_to, example_inputs)
+    selector = Selector(layout, target, min_keep, max_layer_ratio, round_to, example_inputs, ranking=ranking)
     _warn_untraced(layout)
     keep = _keep_mask(layout, crit, scores, ratio, selector, reduce, strict)
     _check_optimizer(optimizer, layout, keep)
@@ -154,6 +162,9 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
         "min_keep": min_keep,
         "max_layer_ratio": selector.max_layer_ratio,
         "round_to": selector.round_to,
+        "ranking": selector.ranking,
+        "kinds": {kind: {"neurons": info["n"], "removed": int((~keep[info["neurons"]]).sum())}
+                  for kind, info in selector.kinds.items()},
         **{f"{key}_{when}": sizes[key] for key in ("params", "flops", "macs")
            for when, sizes in (("before", before), ("after", after))},
         "layers": layers,

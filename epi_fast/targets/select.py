@@ -40,12 +40,11 @@ from .. import ops
 from .._args import check_int, check_ratios
 from ..layout import GroupLayout
 from .costs import cost_model
+from .._args import RANKINGS, check_ranking
 from .limits import (DEFAULT_MAX_LAYER_RATIO, check_max_layer_ratio, check_round_to, check_target, group_minimums,
                      rounding_bounds)
 
-__all__ = ["Selection", "Selector", "TOLERANCE", "RANKINGS"]
-
-RANKINGS = ("per_kind", "global")
+__all__ = ["Selection", "Selector", "TOLERANCE", "RANKINGS", "check_ranking"]
 
 # What the errors call each kind's neurons.
 _KIND_WORDS = {"channels": "channel", "heads": "attention-head (key/value group)", "mlp": "MLP-channel"}
@@ -76,10 +75,8 @@ class Selector:
     def __init__(self, layout: GroupLayout, target: str = "channels", min_keep: int = 1,
                  max_layer_ratio: Any = DEFAULT_MAX_LAYER_RATIO, round_to: Optional[int] = None,
                  example_inputs: Any = None, ranking: str = "per_kind") -> None:
-        if ranking not in RANKINGS:
-            raise ValueError(f"unknown ranking {ranking!r}; expected one of {', '.join(map(repr, RANKINGS))}")
         self.layout = layout
-        self.ranking = ranking
+        self.ranking = check_ranking(ranking)
         self.target = check_target(target)
         self.min_keep = check_int(min_keep, "min_keep", 1)
         self.max_layer_ratio = check_max_layer_ratio(max_layer_ratio)
@@ -220,7 +217,12 @@ class Selector:
                 "cost": None if self.cost is None else self.cost.to(device),
             }
             if self.round_to is not None:
-                d["low"], d["high"] = rounding_bounds(sizes, minimums, self.round_to)
+                # Attention heads are not rounded: a multiple of 8 key/value groups is not what
+                # hardware asks for (their widths are multiples of head_dim already).
+                step = torch.tensor([1 if g.kind == "heads" else self.round_to for g in self.layout.groups],
+                                    dtype=torch.int64, device=device)
+                d["step"] = step
+                d["low"], d["high"] = rounding_bounds(sizes, minimums, step)
             self._device_cache[key] = d
         return self._device_cache[key]
 
@@ -263,7 +265,7 @@ class Selector:
 
         p = torch.tensor(ratios, dtype=torch.float64, device=dev)
         m = len(ratios)
-        if self.by_count:  # the kernel's rule computed here: what the tests check the two by
+        if self.by_count:  # the kernel's rule computed here (one kind): what the tests check the two by
             j = torch.tensor([math.floor(r * n + 0.5) for r in ratios], dtype=torch.int64, device=dev)
             counts = kept(j)
             return Selection(self._masks(rank, gid, counts, d), counts, achieved(counts))
@@ -293,7 +295,7 @@ class Selector:
     def _round(self, counts: torch.Tensor, d) -> torch.Tensor:
         if self.round_to is None:
             return counts
-        r = self.round_to
+        r = d["step"][None, :]
         nearest = torch.div(counts + r // 2, r, rounding_mode="floor") * r
         return torch.maximum(torch.minimum(nearest, d["high"][None, :]), d["low"][None, :])
 

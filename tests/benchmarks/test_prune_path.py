@@ -52,8 +52,6 @@ def test_the_traced_count_is_measure_flops(make, shape):
     assert probe.count.total == alone.total > 0
     assert probe.count.own == alone.own
     assert all(m.training for m in model.modules())  # the trace and the probe restored every flag
-    if make is _Attention:
-        return  # pruning the embedding width of nn.MultiheadAttention is not supported yet
     pruned = copy.deepcopy(model)
     report = prune(pruned, 0.5, x)
     assert report["flops_before"] == alone.total

@@ -249,3 +249,25 @@ def test_epi_tracks_heads_and_mlp_channels_and_prunes_a_decoder():
     opt.zero_grad()
     model(x, labels=x).loss.backward()
     opt.step()
+
+
+def test_the_pruner_state_of_a_pruned_decoder_loads_on_the_reloaded_model(tmp_path):
+    from epi_fast import load_pruned, save_pruned
+
+    torch.manual_seed(6)
+    model = llama()
+    x = tokens()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pruner = EPIPruner(model, opt, 0.5, x, criterion="l2", deadline_epoch=1, ranking="global")
+    model(x, labels=x).loss.backward()
+    opt.step()
+    assert pruner.epoch_end() and pruner.pruned
+    state = pruner.state_dict()
+    assert state["config"]["ranking"] == "global"
+    reloaded = load_pruned(save_pruned(model, tmp_path / "m.pt"), model=llama())
+    again = EPIPruner(reloaded, torch.optim.SGD(reloaded.parameters(), lr=0.1), 0.5, x, criterion="l2",
+                      deadline_epoch=1, ranking="global")
+    again.load_state_dict(state)
+    assert again.pruned and again.kept_counts == pruner.kept_counts
+    with pytest.raises(ValueError, match="ranking"):
+        EPIPruner(llama(), None, 0.5, x, criterion="l2", deadline_epoch=1).load_state_dict(state)
