@@ -144,6 +144,7 @@ class EPIPruner:
         self._epoch = 0
         self._skipped_after_tracking = 0
         self._pruned = False
+        self._keep_mask: Optional[torch.Tensor] = None
         self._prune_epoch: Optional[int] = None
         self._prune_reason: Optional[str] = None
         self._kept_counts: Optional[List[int]] = None
@@ -232,6 +233,13 @@ class EPIPruner:
         if self.tracker is None:
             return self._skipped_after_tracking
         return self.tracker.skipped_steps
+
+    @property
+    def keep_mask(self) -> Optional[torch.Tensor]:
+        """bool [N]: the group neurons the prune kept, in the dense model's layout order (what
+        `prune_with_masks` takes to prune a copy of the dense model alike, e.g. an EMA); None
+        before the prune, and after a resume from a state saved after it."""
+        return self._keep_mask
 
     @property
     def kept_counts(self) -> Optional[Dict[str, int]]:
@@ -364,9 +372,11 @@ class EPIPruner:
         if self._sync is not None:
             scores = self._sync.broadcast(scores)
         cfg = self.config
+        keep: list = []
         report = prune_to(self.module, self.ratio, self.example_inputs, cfg.criterion, scores, self.optimizer,
                           self.min_keep, cfg.ignored_layers, tracker.layout, self.reduce, cfg.target,
-                          cfg.max_layer_ratio, cfg.round_to, strict=False, ranking=cfg.ranking)
+                          cfg.max_layer_ratio, cfg.round_to, strict=False, ranking=cfg.ranking, keep_out=keep)
+        self._keep_mask = keep[0]
         if abs(report["achieved"] - self.ratio) > TOLERANCE:
             warnings.warn(
                 f"pruned {report['achieved']:.4f} of the {cfg.target} for a requested {self.ratio}: the structure EPI "

@@ -103,9 +103,11 @@ def prune(
 
 
 def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_keep, ignored_layers, layout, reduce,
-             target, max_layer_ratio, round_to, *, strict: bool, ranking: str = "per_kind") -> dict:
+             target, max_layer_ratio, round_to, *, strict: bool, ranking: str = "per_kind",
+             keep_out: Optional[list] = None) -> dict:
     """`prune`; strict=False cuts at the nearest reachable structure even when it is further
-    than 0.01 from the ratio (EPIPruner: the structure EPI tracked, see `Selector.select`)."""
+    than 0.01 from the ratio (EPIPruner: the structure EPI tracked, see `Selector.select`).
+    keep_out: a list that receives the keep mask (bool [N], layout order) that was cut."""
     model = unwrap_model(model)
     ratio = check_ratio(ratio, "ratio")
     # An empty group would disconnect the network: min_keep is at least 1 here.
@@ -146,6 +148,8 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
         if snapshot is not None:
             snapshot.restore()
         raise
+    if keep_out is not None:
+        keep_out.append(keep)
     neurons_removed = int((~keep).sum())
     achieved = {
         "channels": neurons_removed / layout.num_neurons,
