@@ -26,6 +26,7 @@ from ..criteria import criterion_names, get_criterion, gradient_criterion_names
 from ..distributed import is_ddp, rank_zero_for
 from ..indicator import IndicatorBank
 from ..layout.transformer import layer_width
+from ..surgery.removal import forget_compiled_graphs, is_compiled
 from ..layout import unwrap_model
 from ..surgery import count_ops
 from ..surgery.removal import prune_to
@@ -131,6 +132,7 @@ class EPIPruner:
             round_to=round_to, ranking=ranking,
         )
         self._wrapper = model if is_ddp(model) else None
+        self._compiled = is_compiled(model)
         self.module: nn.Module = unwrap_model(model)
         if optimizer is not None:
             check_optimizer_holds_model(optimizer, self.module)
@@ -377,6 +379,8 @@ class EPIPruner:
                           self.min_keep, cfg.ignored_layers, tracker.layout, self.reduce, cfg.target,
                           cfg.max_layer_ratio, cfg.round_to, strict=False, ranking=cfg.ranking, keep_out=keep)
         self._keep_mask = keep[0]
+        if self._compiled:
+            forget_compiled_graphs()
         if abs(report["achieved"] - self.ratio) > TOLERANCE:
             warnings.warn(
                 f"pruned {report['achieved']:.4f} of the {cfg.target} for a requested {self.ratio}: the structure EPI "

@@ -108,6 +108,7 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
     """`prune`; strict=False cuts at the nearest reachable structure even when it is further
     than 0.01 from the ratio (EPIPruner: the structure EPI tracked, see `Selector.select`).
     keep_out: a list that receives the keep mask (bool [N], layout order) that was cut."""
+    compiled = is_compiled(model)
     model = unwrap_model(model)
     ratio = check_ratio(ratio, "ratio")
     # An empty group would disconnect the network: min_keep is at least 1 here.
@@ -150,6 +151,8 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
         raise
     if keep_out is not None:
         keep_out.append(keep)
+    if compiled:
+        forget_compiled_graphs()
     neurons_removed = int((~keep).sum())
     achieved = {
         "channels": neurons_removed / layout.num_neurons,
@@ -180,6 +183,20 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
         "groups_pruned": groups_pruned,
         "channels_removed": int(sum(channels_before) - sum(kept)),
     }
+
+
+def is_compiled(model) -> bool:
+    """Whether `model` (or what a DDP wrapper holds) is a `torch.compile` wrapper."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return isinstance(getattr(model, "_orig_mod", None), nn.Module)
+
+
+def forget_compiled_graphs() -> None:
+    """After a prune of a `torch.compile`d model: every compiled graph is dropped
+    (`torch.compiler.reset()`), so that the next call compiles the pruned network afresh
+    instead of relying on shape guards to notice that its parameters changed."""
+    torch.compiler.reset()
 
 
 def _warn_untraced(layout: GroupLayout) -> None:
