@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-__all__ = ["RankZero", "rank_zero_for", "is_ddp"]
+__all__ = ["RankZero", "rank_zero_for", "is_ddp", "rewrap_ddp"]
 
 
 def is_ddp(model: nn.Module) -> bool:
@@ -51,3 +51,38 @@ def rank_zero_for(model: nn.Module, module: nn.Module, process_group: Any = None
     if dist.get_world_size(group) <= 1:
         return None
     return RankZero(group, next(module.parameters()).device)
+
+
+# DistributedDataParallel's settings that a wrapper keeps as attributes, by constructor name.
+_DDP_SETTINGS = ("device_ids", "output_device", "broadcast_buffers", "find_unused_parameters",
+                 "gradient_as_bucket_view", "static_graph", "process_group")
+
+
+def rewrap_ddp(module: nn.Module, like: Optional[nn.Module] = None, **ddp_kwargs: Any) -> nn.Module:
+    """A new DistributedDataParallel around `module` after a prune (the old wrapper's buckets
+    and hooks refer to the dense parameters).
+
+    module: the pruned module, or the old DDP wrapper itself (its `.module` is wrapped).
+    like: an old DDP wrapper whose settings (device_ids, output_device, broadcast_buffers,
+    find_unused_parameters, gradient_as_bucket_view, static_graph, process_group, bucket
+    size) are reused; ddp_kwargs override them. Every rank must call it (DDP's constructor
+    checks that all ranks hold the same parameter shapes, which epi_fast's identical prune
+    ensures)."""
+    if is_ddp(module):
+        like = module if like is None else like
+        module = module.module
+    kwargs: dict = {}
+    if like is not None:
+        if not is_ddp(like):
+            raise TypeError(f"like must be a DistributedDataParallel, got {type(like).__name__}")
+        for name in _DDP_SETTINGS:
+            if hasattr(like, name):
+                kwargs[name] = getattr(like, name)
+        if kwargs.get("device_ids") is None:
+            kwargs.pop("device_ids", None)
+            kwargs.pop("output_device", None)
+        cap = getattr(like, "bucket_bytes_cap", None)
+        if cap:
+            kwargs["bucket_cap_mb"] = cap / (1024 * 1024)
+    kwargs.update(ddp_kwargs)
+    return nn.parallel.DistributedDataParallel(module, **kwargs)

@@ -30,7 +30,7 @@ def _ddp_run(rank, criterion):
     torch.manual_seed(0)
     model = build_model("resnet_small", num_classes=10, in_channels=1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    ddp = DDP(model)
+    ddp = DDP(model, broadcast_buffers=False, bucket_cap_mb=1)
     pruner = EPIPruner(ddp, opt, 0.5, torch.zeros(1, 1, 8, 8), criterion=criterion, track_ratios=(0.3,), deadline_epoch=6)
     pruned_at = None
     for epoch in range(1, 8):
@@ -43,8 +43,14 @@ def _ddp_run(rank, criterion):
         if pruner.epoch_end():
             pruned_at = epoch
             # The old wrapper's buckets refer to the dense parameters: wrap the pruned module
-            # anew. DDP's constructor checks that every rank has the same parameter shapes.
-            ddp = DDP(pruner.module)
+            # anew, with the old wrapper's settings. DDP's constructor checks that every rank
+            # has the same parameter shapes.
+            from epi_fast.distributed import rewrap_ddp
+
+            old = ddp
+            ddp = rewrap_ddp(ddp)
+            assert ddp.module is pruner.module and ddp is not old
+            assert ddp.broadcast_buffers is False and ddp.bucket_bytes_cap == 1024 * 1024
     return {
         "pruned_at": pruned_at,
         "prune_epoch": pruner.prune_epoch,
