@@ -154,3 +154,39 @@ def test_flops_target_is_met_by_an_independent_count(family):
     model = copy.deepcopy(dense)
     prune(model, 0.5, x, target="flops")
     assert abs(1 - flops(model) / flops(dense) - 0.5) <= 0.01
+
+
+@pytest.mark.parametrize("kwargs", [dict(qk_norm=True, norm_layer=nn.LayerNorm), dict(gated=True, qkv_bias=True)])
+def test_timm_attention_with_qk_norm_or_a_gate_prunes_as_it_masks(kwargs):
+    """q_norm / k_norm (over head_dim, shared by the heads) stay; a gate loses its heads' rows."""
+    pytest.importorskip("timm")
+    from timm.layers import Attention
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(6, 32)
+            self.attn = Attention(32, num_heads=4, **kwargs)
+            self.head = nn.Linear(32, 3)
+
+        def forward(self, x):
+            h = self.embed(x)
+            return self.head((h + self.attn(h)).mean(1))
+
+    torch.manual_seed(6)
+    dense = Net().eval()
+    x = torch.randn(2, 5, 6)
+    layout = group_layout(dense, x)
+    keep = torch.tensor([True, False, True, False])
+    pruned = copy.deepcopy(dense)
+    prune_with_masks(pruned, group_layout(pruned, x), keep)
+    masked = copy.deepcopy(dense)
+    mask_model(masked, group_layout(masked, x), keep)
+    assert pruned.attn.num_heads == 2 and pruned.attn.attn_dim == 16
+    if kwargs.get("gated"):
+        assert pruned.attn.gate.weight.shape == (16, 32)
+    else:
+        assert pruned.attn.q_norm.weight.shape == (8,)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), masked(x), atol=1e-6, rtol=1e-5)
+    assert layout.kinds == ["heads"]
