@@ -15,7 +15,8 @@ Adapters (see `epi_fast.layout.transformer`) for:
 - **timm** `Attention` (ViT, DeiT): the fused ``qkv`` linear and ``proj``; the module's own
   ``num_heads`` and ``attn_dim`` are updated (its forward reshapes with them). ``q_norm`` /
   ``k_norm`` normalise each head over ``head_dim`` with weights shared by every head: they
-  stay. timm's `Mlp` (fc1/fc2) is known already.
+  stay. timm's MLPs: `Mlp`, `GluMlp` / `SwiGLUPacked` (fused value and gate halves), `SwiGLU`;
+  one with a norm over its hidden channels is refused.
 
 The residual width is never cut: Swin's patch merging layers and norms keep their widths.
 """
@@ -279,6 +280,50 @@ def _timm_adapter(m: nn.Module) -> Optional[Block]:
     return Block(h, slices, 1, update, lambda: m.num_heads)
 
 
+# -- timm MLPs ----------------------------------------------------------------------------------
+
+_TIMM_MLPS = ("Mlp", "GluMlp", "SwiGLU", "GatedMlp")
+
+
+def _is_timm_mlp(m: nn.Module) -> bool:
+    return type(m).__module__ == "timm.layers.mlp" and type(m).__name__ in _TIMM_MLPS
+
+
+def _rows_and_columns(firsts, fc2, offsets=(0,)) -> List[Slice]:
+    slices = []
+    for lin in firsts:
+        for off in offsets:
+            slices.append(Slice(lin, "weight", 0, off, 1, "in"))
+            if lin.bias is not None:
+                slices.append(Slice(lin, "bias", 0, off, 1, "in"))
+    slices.append(Slice(fc2, "weight", 1, 0, 1, "out"))
+    return slices
+
+
+def _timm_mlp_adapter(m: nn.Module) -> Optional[Block]:
+    """timm's Mlp (fc1, fc2), GluMlp / SwiGLUPacked (one fc1 whose two halves are the value and
+    the gate: hidden channel j owns rows j and h + j), SwiGLU (fc1_g, fc1_x) and GatedMlp
+    without a gate layer. A norm over the hidden channels (norm_layer, scale_mlp_norm) or a
+    spatial gating unit is refused: its statistics, or its mixing of channels, would change
+    when channels go. The 1x1-convolution form (use_conv) is left alone."""
+    name = type(m).__name__
+    firsts = [getattr(m, n) for n in ("fc1_g", "fc1_x")] if name == "SwiGLU" else [m.fc1]
+    if not all(isinstance(lin, nn.Linear) for lin in firsts + [m.fc2]):
+        return None
+    for part in ("norm", "gate"):
+        if not isinstance(getattr(m, part, nn.Identity()), nn.Identity):
+            raise ValueError(f"timm {name} with a {part} layer over its hidden channels is not supported for MLP-channel "
+                             "pruning (removing channels would change what that layer computes for the others)")
+    lead = firsts[0]
+    if name == "GluMlp":
+        h = lead.out_features // 2
+        if lead.out_features != 2 * h or m.fc2.in_features != h:
+            raise ValueError(f"timm GluMlp: fc1 has {lead.out_features} rows and fc2 {m.fc2.in_features} columns, not 2h and h")
+        return Block(h, _rows_and_columns(firsts, m.fc2, (0, h)), 1, None, lambda: lead.weight.shape[0] // 2)
+    return Block(lead.out_features, _rows_and_columns(firsts, m.fc2), 1, None, lambda: lead.weight.shape[0])
+
+
 register_attention(_is_swin_attention, _swin_adapter)
 register_attention(_is_timm_attention, _timm_adapter)
 register_mlp(_is_tv_mlp, _tv_mlp_adapter)
+register_mlp(_is_timm_mlp, _timm_mlp_adapter)

@@ -190,3 +190,31 @@ def test_timm_attention_with_qk_norm_or_a_gate_prunes_as_it_masks(kwargs):
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), masked(x), atol=1e-6, rtol=1e-5)
     assert layout.kinds == ["heads"]
+
+
+@pytest.mark.parametrize("mlp", ["GluMlp", "SwiGLUPacked", "SwiGLU"])
+def test_timm_gated_mlps_prune_as_they_mask(mlp):
+    """GluMlp's fc1 holds the value and the gate halves: a hidden channel owns a row of each."""
+    pytest.importorskip("timm")
+    import timm.layers
+
+    torch.manual_seed(7)
+    dense = timm_vit(mlp_layer=getattr(timm.layers, mlp), mlp_ratio=2.0).eval()
+    x = timm_images()
+    layout = group_layout(dense, x)
+    # GluMlp's 128 rows of fc1 are 64 channels (value and gate halves).
+    assert [g.size for g in layout.groups if g.kind == "mlp"] == [64 if mlp != "SwiGLU" else 128] * 2
+    g = torch.Generator().manual_seed(8)
+    keep = Selector(layout, max_layer_ratio=1.0).select(torch.rand(layout.num_neurons, generator=g), [0.5]).masks[0]
+    pruned = copy.deepcopy(dense)
+    prune_with_masks(pruned, group_layout(pruned, x), keep)
+    masked = copy.deepcopy(dense)
+    mask_model(masked, group_layout(masked, x), keep)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), masked(x), atol=2e-5, rtol=1e-4)
+
+
+def test_timm_mlp_with_a_norm_over_its_hidden_channels_is_refused():
+    pytest.importorskip("timm")
+    with pytest.raises(ValueError, match="Mlp with a norm layer"):
+        group_layout(timm_vit(scale_mlp_norm=True), timm_images())
