@@ -19,7 +19,8 @@ v, fc1) or its output width (o, fc2).
 Known attention modules: ``torch.nn.MultiheadAttention``; every module with ``q_proj``,
 ``k_proj``, ``v_proj`` and ``o_proj`` linears and a ``head_dim`` (the Hugging Face LLaMA,
 Qwen2, Mistral and ViT families); Hugging Face GPT-2 (fused ``c_attn``) and BERT
-(``self.query/key/value`` with ``output.dense``). Any other module whose type name contains
+(``self.query/key/value`` with ``output.dense``); torchvision Swin and timm's ``Attention`` in
+`epi_fast.layout.transformer_vision`. Any other module whose type name contains
 "Attention" and that owns parameters is refused with a ValueError naming its type and
 `register_attention`, through which a user teaches the layout about it.
 """

@@ -39,6 +39,7 @@ import torch.nn as nn
 
 from ..layout import unwrap_model
 from ..layout.transformer import HeadPrunedMultiheadAttention
+from ..layout.transformer_vision import head_pruned_class
 from .._io import atomic_write
 from .._version import __version__
 
@@ -61,6 +62,7 @@ _SHAPE_ATTRS = (
     "nf", "nx",  # transformers' Conv1D
     # attention modules whose heads were pruned (epi_fast.layout.transformer)
     "num_heads", "num_key_value_heads", "num_attention_heads", "all_head_size", "split_size", "inner_dim",
+    "attn_dim",  # timm Attention
 )
 
 
@@ -286,6 +288,8 @@ def _shrink(model: nn.Module, modules: dict, state: dict) -> None:
             setattr(m, attr, tuple(value) if isinstance(value, list) else value)
         if isinstance(m, nn.MultiheadAttention) and "inner_dim" in attrs and type(m) is nn.MultiheadAttention:
             m.__class__ = HeadPrunedMultiheadAttention  # its heads were pruned
+        elif "inner_dim" in attrs and head_pruned_class(m) is not None:
+            m.__class__ = head_pruned_class(m)  # a torchvision Swin attention whose heads were pruned
     for name, m in by_name.items():
         prefix = f"{name}." if name else ""
         for attr, p in list(m._parameters.items()):

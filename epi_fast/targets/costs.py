@@ -305,6 +305,13 @@ def flops_model(layout: GroupLayout, example_inputs: Any) -> CostModel:
             kept.cut(gi, 1.0, size)
             q.add_affine(kept, attention / size)
             own = [p for p in m.parameters(recurse=isinstance(m, nn.MultiheadAttention)) if p.dim() == 2]
+            if not isinstance(m, nn.MultiheadAttention):
+                # Linear children that ran no FLOPs of their own are run functionally by the
+                # module (torchvision Swin's qkv and proj): its products are theirs.
+                prefix = f"{name}." if name else ""
+                functional = [sub.weight for sub_name, sub in m.named_children()
+                              if isinstance(sub, nn.Linear) and prefix + sub_name not in count.own]
+                own = functional or own
             dense = sum(p.numel() for p in own)
             if products and not dense:
                 raise ValueError(f"cannot follow the FLOPs of {name} ({type(m).__name__}): {products} FLOPs outside "

@@ -4,8 +4,9 @@ equivalence tests: the dense model with removed heads and MLP channels masked.
 The masking knows each family's own layout (which input columns of the output projection a
 query head owns, which hidden channel feeds which column of the MLP's output projection) and
 nothing of the surgery: a forward pre-hook zeroes those columns' inputs, or, where the
-projection runs functionally (nn.MultiheadAttention's out_proj), its weight columns are
-zeroed.
+projection runs functionally (nn.MultiheadAttention's out_proj, torchvision Swin's proj), its
+weight columns are zeroed. The vision builders (torchvision Swin V1/V2, timm ViT and DeiT) are
+not in FAMILIES: tests/transformer/test_vision_families.py runs them.
 """
 
 from __future__ import annotations
@@ -72,6 +73,44 @@ def tv_vit(heads=4, layers=2, hidden=32, mlp=48):
                                                 hidden_dim=hidden, mlp_dim=mlp, num_classes=3)
 
 
+def swin(v2=False, embed=16, heads=(2, 4), depths=(2, 2), window=3):
+    """A small torchvision Swin: 7 x 7 patches in windows of 3 (padded, shifted), then patch
+    merging to 4 x 4 and a second stage."""
+    from torchvision.models.swin_transformer import (PatchMergingV2, SwinTransformer, SwinTransformerBlockV2)
+
+    extra = dict(block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2) if v2 else {}
+    return SwinTransformer(patch_size=[2, 2], embed_dim=embed, depths=list(depths), num_heads=list(heads),
+                           window_size=[window, window], num_classes=3, **extra)
+
+
+def swin_v2(**kwargs):
+    return swin(v2=True, **kwargs)
+
+
+def timm_vit(embed=64, depth=2, heads=4, **kwargs):
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=32, patch_size=8, embed_dim=embed, depth=depth, num_heads=heads, num_classes=3,
+                             **kwargs)
+
+
+def timm_deit_distilled(embed=64, depth=2, heads=4):
+    from timm.models.deit import VisionTransformerDistilled
+
+    return VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=embed, depth=depth, num_heads=heads,
+                                      num_classes=3)
+
+
+def swin_images(batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, 14, 14, generator=g)
+
+
+def timm_images(batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, 32, 32, generator=g)
+
+
 def tokens(batch=2, length=9, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB, (batch, length), generator=g)
@@ -105,6 +144,11 @@ def _heads_of(module) -> Tuple[nn.Module, int, int, bool]:
     """(output projection, head_dim, query heads per key/value group, runs functionally)."""
     if isinstance(module, nn.MultiheadAttention):
         return module.out_proj, module.head_dim, 1, True
+    if hasattr(module, "qkv") and hasattr(module, "window_size"):
+        # torchvision Swin: proj runs functionally; the dense head size is the width over the heads.
+        return module.proj, module.qkv.in_features // module.num_heads, 1, True
+    if hasattr(module, "qkv"):
+        return module.proj, module.head_dim, 1, False  # timm Attention
     if hasattr(module, "o_proj"):
         return module.o_proj, module.head_dim, module.q_proj.out_features // module.k_proj.out_features, False
     if hasattr(module, "c_attn"):
