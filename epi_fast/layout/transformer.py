@@ -72,6 +72,9 @@ class Block:
     per_neuron: int = 1
     update: Optional[Callable[[int], None]] = None
     count: Optional[Callable[[], int]] = None
+    # Names of the module's own integer attributes that `update` sets (e.g. "heads"):
+    # save_pruned writes them and load_pruned restores them, beside the built-in ones.
+    saved_attrs: Tuple[str, ...] = ()
 
 
 Adapter = Callable[[nn.Module], Optional[Block]]
@@ -339,9 +342,30 @@ def _mlp_parts(m: nn.Module):
     return None
 
 
+def _hidden(lin) -> Tuple[int, int]:
+    """(output width, input width) of a linear layer or a transformers Conv1D."""
+    w = lin.weight
+    return (w.shape[0], w.shape[1]) if isinstance(lin, nn.Linear) else (w.shape[1], w.shape[0])
+
+
+def _plain_mlp(m: nn.Module, first, second) -> bool:
+    """The projections alone carry the hidden channels: every input projection's width is the
+    output projection's input width (not a gated or chunked fc1), and no other parameter of
+    the MLP sits on the hidden channels (no norm over them)."""
+    hidden = _hidden(second)[1]
+    if any(_hidden(lin)[0] != hidden for lin in first):
+        return False
+    own = {id(p) for lin in [*first, second] for p in lin.parameters()}
+    return not any(id(p) not in own and hidden in p.shape for p in m.parameters())
+
+
 def _mlp_adapter(m: nn.Module) -> Optional[Block]:
     parts = _mlp_parts(m)
-    return None if parts is None else _two_linear_mlp(*parts)()
+    if parts is None:
+        return None
+    if not hasattr(m, "attention") and not _plain_mlp(m, *parts):
+        return None  # gated halves or a norm over the hidden channels: not a plain MLP
+    return _two_linear_mlp(*parts)()
 
 
 _ATTENTION.extend([
@@ -493,6 +517,9 @@ def find_transformer_groups(model: nn.Module, ignored: Sequence[nn.Module] = ())
         groups.append(cls(name, block.size, _members(block, m, name, names, kind == "heads"),
                           module=m, block=block, names=slice_names))
     for name, m in unknown:
+        # The innermost unknown module is named (a layer wrapping an attention is not it).
+        if any(o is not m and any(sub is o for sub in m.modules()) for _, o in unknown):
+            continue
         # A module that holds a known attention module is a container (a block), not an
         # attention of its own.
         if any(isinstance(g, HeadGroup) and any(sub is g.module for sub in m.modules()) for g in groups):

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from ..layout import unwrap_model
-from ..layout.transformer import HeadPrunedMultiheadAttention
+from ..layout.transformer import HeadPrunedMultiheadAttention, _recognise
 from ..layout.transformer_vision import head_pruned_class
 from .._io import atomic_write
 from .._version import __version__
@@ -199,7 +199,15 @@ def _arch_entry(arch) -> Optional[dict]:
 
 def _module_attrs(module: nn.Module) -> dict:
     out = {}
-    for attr in _SHAPE_ATTRS:
+    extra: tuple = ()
+    if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)):
+        # An adapter (a user's included) may name attributes of its own: Block.saved_attrs.
+        try:
+            _, block = _recognise(module)
+        except (ValueError, TypeError, AttributeError):
+            block = None
+        extra = tuple(block.saved_attrs) if block is not None else ()
+    for attr in _SHAPE_ATTRS + extra:
         value = getattr(module, attr, None)
         if isinstance(value, bool):
             continue

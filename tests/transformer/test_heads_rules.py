@@ -176,7 +176,8 @@ def _my_adapter(m: MyAttention) -> Block:
     for lin in (m.wq, m.wk, m.wv):
         slices += [Slice(lin, "weight", 0, 0, m.d, "in"), Slice(lin, "bias", 0, 0, m.d, "in")]
     slices.append(Slice(m.proj, "weight", 1, 0, m.d, "out"))
-    return Block(m.heads, slices, update=lambda kept: setattr(m, "heads", kept), count=lambda: m.heads)
+    return Block(m.heads, slices, update=lambda kept: setattr(m, "heads", kept), count=lambda: m.heads,
+                 saved_attrs=("heads",))
 
 
 def test_an_unknown_attention_is_refused_and_the_registration_hook_teaches_it():
@@ -200,6 +201,16 @@ def test_an_unknown_attention_is_refused_and_the_registration_hook_teaches_it():
         assert pruned.attn.heads == 2 and pruned.attn.wq.out_features == 8
         with torch.no_grad():
             torch.testing.assert_close(pruned(x), masked(x), atol=1e-6, rtol=1e-5)
+        # The adapter's own attribute travels through save_pruned / load_pruned.
+        import tempfile
+
+        from epi_fast import load_pruned, save_pruned
+
+        with tempfile.TemporaryDirectory() as tmp:
+            loaded = load_pruned(save_pruned(pruned, f"{tmp}/m.pt"), model=UserNet()).eval()
+        assert loaded.attn.heads == 2
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), pruned(x), atol=0, rtol=0)
     finally:
         unregister_attention(_my_adapter)
     with pytest.raises(ValueError, match="MyAttention"):
