@@ -174,12 +174,25 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     raise ValueError(f"found no Conv2d to adapt to {in_channels} input channels")
 
 
+def _timm_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ValueError(f"model 'timm/{name}' needs timm: pip install 'epi_fast[timm]'") from None
+    if name not in timm.list_models():
+        raise ValueError(f"unknown timm model {name!r} (timm.list_models() lists the names)")
+    # Random weights: nothing is downloaded.
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
+
+
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs) -> nn.Module:
-    """An in-repo model (`MODEL_NAMES`) or any torchvision classification model by name, with
-    random weights. For torchvision models with in_channels != 3 the first convolution is
-    replaced by one with in_channels inputs."""
+    """An in-repo model (`MODEL_NAMES`), any torchvision classification model by name, or a timm
+    model as "timm/NAME" (the `timm` extra), with random weights. For torchvision models with
+    in_channels != 3 the first convolution is replaced by one with in_channels inputs."""
     if name in _IN_REPO:
         return _IN_REPO[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
+    if name.startswith("timm/"):
+        return _timm_model(name[len("timm/"):], num_classes, in_channels, **kwargs)
     import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)
