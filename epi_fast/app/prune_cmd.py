@@ -205,7 +205,7 @@ def _prune(args) -> dict:
     try:
         model = build_model(arch["name"], **arch["kwargs"])
     except ValueError as err:
-        if str(err).startswith("unknown model"):
+        if str(err).startswith(("unknown model", "unknown timm model", "model 'timm/")):
             raise PruneUsageError(f"--model: {err}") from None
         raise
     if checkpoint is None:
