@@ -307,7 +307,12 @@ def _merge_masks(attn_mask, key_padding_mask, b, h, lq, lk, dtype):
     return out
 
 
-def _two_linear_mlp(first: Sequence, second) -> Callable[[], Block]:
+def _two_linear_mlp(first: Sequence, second, module: Optional[nn.Module] = None) -> Callable[[], Block]:
+    def update(kept: int) -> None:
+        # LLaMA-style MLPs keep their width as an attribute (not read by forward): kept true.
+        if module is not None and isinstance(getattr(module, "intermediate_size", None), int):
+            module.intermediate_size = kept
+
     def make() -> Block:
         size = first[0].weight.shape[0] if isinstance(first[0], nn.Linear) else first[0].weight.shape[1]
         slices = []
@@ -318,7 +323,7 @@ def _two_linear_mlp(first: Sequence, second) -> Callable[[], Block]:
                 slices.append(Slice(lin, "bias", 0, 0, 1, "in"))
         slices.append(Slice(second, "weight", 1 if isinstance(second, nn.Linear) else 0, 0, 1, "out"))
         lead = first[0]
-        return Block(size, slices, 1, None,
+        return Block(size, slices, 1, update,
                      lambda: lead.weight.shape[0] if isinstance(lead, nn.Linear) else lead.weight.shape[1])
     return make
 
@@ -365,7 +370,7 @@ def _mlp_adapter(m: nn.Module) -> Optional[Block]:
         return None
     if not hasattr(m, "attention") and not _plain_mlp(m, *parts):
         return None  # gated halves or a norm over the hidden channels: not a plain MLP
-    return _two_linear_mlp(*parts)()
+    return _two_linear_mlp(*parts, module=m)()
 
 
 _ATTENTION.extend([

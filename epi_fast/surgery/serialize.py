@@ -61,7 +61,7 @@ _SHAPE_ATTRS = (
     "num_parameters",  # PReLU
     "nf", "nx",  # transformers' Conv1D
     # attention modules whose heads were pruned (epi_fast.layout.transformer)
-    "num_heads", "num_key_value_heads", "num_attention_heads", "all_head_size", "split_size", "inner_dim",
+    "num_heads", "num_key_value_heads", "num_attention_heads", "all_head_size", "split_size", "inner_dim", "intermediate_size",
     "attn_dim",  # timm Attention
 )
 

@@ -57,7 +57,8 @@ def test_save_pruned_and_load_pruned_round_trip_head_counts(tmp_path):
     for a, b in zip(pruned.model.layers, loaded.model.layers):
         assert a.self_attn.k_proj.weight.shape == b.self_attn.k_proj.weight.shape
         assert getattr(a.self_attn, "num_heads", None) == getattr(b.self_attn, "num_heads", None)
-        assert a.mlp.up_proj.out_features == b.mlp.up_proj.out_features
+        assert a.mlp.up_proj.out_features == b.mlp.up_proj.out_features == a.mlp.intermediate_size
+        assert b.mlp.intermediate_size == a.mlp.intermediate_size
     with torch.no_grad():
         assert torch.equal(logits(pruned, x), logits(loaded, x))
 
