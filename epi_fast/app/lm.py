@@ -100,7 +100,6 @@ class LMSetup:
         from ..models import build_model
         from ..models.transformer import BYTE_VOCAB
         from ..policy.pruner import EPIPruner
-        from ..surgery import count_ops
         from .text_data import load_text
         from .training import make_optimizer, make_scheduler
 
@@ -141,7 +140,6 @@ class LMSetup:
         except ValueError as e:
             raise UsageError(str(e)) from None
         self.dense_report = self.pruner.report()
-        self.count_ops = count_ops
 
     def batch(self, batch_size: int, seq_len: int):
         """`batch_size` windows of seq_len + 1 tokens at random starts of the training text."""

@@ -68,7 +68,7 @@ def llama_lm(preset: str = "llama_tiny", vocab_size: int = BYTE_VOCAB, max_posit
     try:
         import transformers
     except ImportError:
-        raise ValueError("the language models need the transformers package (pip install 'epi_fast[hf]')") from None
+        raise ValueError("the language models need the transformers package (pip install 'epi_fast[transformers]')") from None
     if preset not in LM_PRESETS:
         raise ValueError(f"unknown language model {preset!r}: expected one of {', '.join(LM_MODEL_NAMES)}")
     if in_channels not in (None, 1):
