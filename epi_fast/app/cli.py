@@ -2,6 +2,11 @@
 
     epi-fast train --out runs/digits            # digits, resnet_small, ratio 0.5, magnitude
     epi-fast train --data /data/cifar-10-batches-py --criterion gradient --epochs 60 --out runs/c10
+    epi-fast train --model vit_tiny --out runs/vit   # a small vision transformer on the digits
+    epi-fast train --task lm --out runs/lm      # a byte-level LLaMA decoder on pydoc_data.topics (lm.py)
+
+The options whose defaults depend on the task (and the optimizer) are None in the parser and
+filled in by `training.fill_defaults` before anything else is checked.
 
 Exit status: 0 on success, 2 for a usage error (bad option, missing data, --out exists), 1 for a
 failure while running, 130 on Ctrl-C and 143 on SIGTERM. Errors are one line on stderr;
@@ -29,7 +34,18 @@ from typing import Any, Dict, List, Optional, Sequence
 from .._args import DEFAULT_MAX_LAYER_RATIO, TARGETS
 from . import argtypes
 from .errors import one_line, report_interrupt, run_reporting_errors, sigterm_raises
-from .training import TRAIN_DEFAULTS, lr_lambda as _lr_lambda, seed_everything as _seed_everything  # noqa: F401 (the protocol imports _lr_lambda from here)
+from .training import (  # noqa: F401 (the protocol imports _lr_lambda from here)
+    ADAMW_BETAS,
+    ADAMW_LR,
+    ADAMW_WEIGHT_DECAY,
+    OPTIMIZERS,
+    TASK_DEFAULTS,
+    TASKS,
+    TRAIN_DEFAULTS,
+    lr_lambda as _lr_lambda,
+    seed_everything as _seed_everything,
+    task_defaults,
+)
 
 __all__ = ["main", "build_parser", "UsageError", "TRAIN_DEFAULTS", "SUMMARY_FORMAT"]
 
@@ -54,18 +70,26 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     from ..criteria import REDUCTIONS
     from ..policy.pruner import CRITERIA
 
-    d = TRAIN_DEFAULTS
+    d = TASK_DEFAULTS["classify"]
     p = subparsers.add_parser(
         "train",
         help="train with the Early Pruning Indicator and prune when it fires",
         description="Train a network, track the EPI of its pruned sub-network each epoch, prune "
         "structurally when EPI fires (or at --deadline-epoch), and finish training the smaller network.",
     )
+    lm = TASK_DEFAULTS["lm"]
     g = p.add_argument_group("data and model")
-    g.add_argument("--data", default=d["data"], help="'digits' (embedded, default), an ImageFolder directory, or a CIFAR-10 python batches directory")
-    g.add_argument("--data-format", default="auto", choices=FORMATS, help="format of --data (default: detected)")
+    g.add_argument("--task", choices=TASKS, default="classify",
+                   help="classify: image classification (default); lm: a byte-level LLaMA decoder trained as a causal "
+                   "language model (docs/TRANSFORMERS_JOBS.md)")
+    g.add_argument("--data", default=None,
+                   help=f"classify: '{d['data']}' (embedded, default), an ImageFolder directory, or a CIFAR-10 python batches "
+                   f"directory; lm: '{lm['data']}' (the text of Python's pydoc_data.topics, default) or a UTF-8 text file")
+    g.add_argument("--data-format", default="auto", choices=FORMATS, help="format of --data (default: detected; classify only)")
     g.add_argument("--input-size", type=argtypes.positive_int, nargs="+", metavar="N", help="ImageFolder image size: H [W] (default 32)")
-    g.add_argument("--model", default=d["model"], help="architecture name for epi_fast.models.build_model (default %(default)s)")
+    g.add_argument("--model", default=None,
+                   help=f"architecture name for epi_fast.models.build_model (default {d['model']}; vit_tiny is a small "
+                   f"vision transformer; lm: {lm['model']}, or llama_micro)")
     g = p.add_argument_group("pruning policy")
     g.add_argument("--ratio", type=argtypes.train_ratio, default=d["ratio"], help="target prune ratio in (0, 1) (default %(default)s)")
     g.add_argument("--criterion", default=d["criterion"], type=argtypes.criterion, metavar="C",
@@ -87,19 +111,29 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help=argtypes.MAX_LAYER_RATIO_HELP)
     g.add_argument("--round-to", type=argtypes.positive_int, default=None, metavar="N", help=argtypes.ROUND_TO_HELP)
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=argtypes.positive_int, default=d["epochs"], help="epochs in total (default %(default)s)")
-    g.add_argument("--batch-size", type=argtypes.positive_int, default=d["batch_size"], help="(default %(default)s)")
-    g.add_argument("--lr", type=argtypes.positive_float, default=d["lr"], help="peak learning rate of SGD with Nesterov momentum, cosine decay (default %(default)s)")
-    g.add_argument("--momentum", type=argtypes.non_negative_float, default=d["momentum"], help="(default %(default)s)")
-    g.add_argument("--weight-decay", type=argtypes.non_negative_float, default=d["weight_decay"], help="(default %(default)s)")
-    g.add_argument("--warmup-epochs", type=argtypes.non_negative_int, default=d["warmup_epochs"], help="linear learning-rate warm-up (default %(default)s)")
+    g.add_argument("--epochs", type=argtypes.positive_int, default=None, help=f"epochs in total (default {d['epochs']}; lm: {lm['epochs']})")
+    g.add_argument("--steps-per-epoch", type=argtypes.positive_int, default=None,
+                   help=f"lm: optimizer steps per epoch, each on --batch-size random windows of the training text (default {lm['steps_per_epoch']})")
+    g.add_argument("--seq-len", type=argtypes.positive_int, default=None,
+                   help=f"lm: tokens per training and validation window (default {lm['seq_len']})")
+    g.add_argument("--batch-size", type=argtypes.positive_int, default=None, help=f"(default {d['batch_size']}; lm: {lm['batch_size']} windows)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                   help=f"sgd (Nesterov momentum) or adamw (betas {ADAMW_BETAS[0]:g}, {ADAMW_BETAS[1]:g}); default {d['optimizer']}, "
+                   f"lm: {lm['optimizer']}")
+    g.add_argument("--lr", type=argtypes.positive_float, default=None,
+                   help=f"peak learning rate, linear warm-up then cosine decay per step (default {d['lr']:g}; adamw {ADAMW_LR:g}; "
+                   f"lm: {lm['lr']:g})")
+    g.add_argument("--momentum", type=argtypes.non_negative_float, default=None, help=f"SGD's momentum (default {d['momentum']:g})")
+    g.add_argument("--weight-decay", type=argtypes.non_negative_float, default=None,
+                   help=f"(default {d['weight_decay']:g}; adamw {ADAMW_WEIGHT_DECAY:g}; lm: {lm['weight_decay']:g}); never on biases and norm scales")
+    g.add_argument("--warmup-epochs", type=argtypes.non_negative_int, default=None, help=f"linear learning-rate warm-up (default {d['warmup_epochs']})")
     g.add_argument("--amp", action="store_true", help="mixed precision: float16 + GradScaler on CUDA, bfloat16 on CPU")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
-    g.add_argument("--threads", type=argtypes.positive_int, default=None, help="CPU threads for torch (default: 1 for digits, else the cores this process may use)")
+    g.add_argument("--threads", type=argtypes.positive_int, default=None, help="CPU threads for torch (default: 1 for digits and for lm, else the cores this process may use)")
     g.add_argument("--workers", type=argtypes.non_negative_int, default=0, help="DataLoader worker processes (default %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="seeds the split, the initialisation and the batch order (default %(default)s)")
     g = p.add_argument_group("output")
-    g.add_argument("--out", required=True, help="run directory to create (summary.json, metrics.jsonl, epi_curve.png, model.pt)")
+    g.add_argument("--out", required=True, help="run directory to create (summary.json, metrics.jsonl, epi_curve.png, model.pt; lm: also perplexity.png)")
     g.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier run directory of this tool (it carries the .epi-fast-run marker and nothing else but the tool's files); anything else is refused")
     g.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -148,12 +182,15 @@ def default_group_reduce(criterion: str) -> str:
     return get_criterion(criterion).reduction(None)
 
 
-def _default_threads(data: str) -> int:
+def _default_threads(data: str, task: str = "classify") -> int:
     # The digits network's convolutions are a few microseconds of work each: splitting them
     # across threads costs more in synchronisation than it gains, and when another process
     # holds a core, OpenMP's spinning threads slow a step down 5-40x (measured on 2 cores:
     # 0.5 s per epoch on 1 thread, 5-37 s on 2 under load). Real images get every core.
-    return 1 if data == "digits" else _available_cores()
+    # The language-model task's matrix products are larger, but measured there the same way
+    # (llama_tiny, 16 windows of 128 tokens): 160 ms per step on one thread, 100 ms on two when
+    # both cores are free, 1.4 s on two while another process ran.
+    return 1 if data == "digits" or task == "lm" else _available_cores()
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -167,12 +204,16 @@ def _validate_train(args) -> None:
 
     from .data import detect_format
     from .rundir import RunDirRefused, check_out
+    from .training import fill_defaults
+    from ..models import LM_MODEL_NAMES
     from ..policy.pruner import default_tau
 
     try:
         check_out(args.out, args.overwrite)
     except RunDirRefused as e:
         raise UsageError(str(e)) from None
+    _check_task_options(args)
+    fill_defaults(args)
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
@@ -182,6 +223,17 @@ def _validate_train(args) -> None:
         raise UsageError(f"--deadline-epoch {args.deadline_epoch} is after the last epoch ({args.epochs})")
     if args.warmup_epochs > args.epochs:
         raise UsageError(f"--warmup-epochs {args.warmup_epochs} is more than --epochs {args.epochs}")
+    if args.tau is None:
+        args.tau = default_tau(args.criterion)
+    if args.group_reduce is None:
+        args.group_reduce = default_group_reduce(args.criterion)
+    if args.task == "lm":
+        from .lm import validate_lm
+
+        validate_lm(args)
+        return
+    if args.model in LM_MODEL_NAMES:
+        raise UsageError(f"--model {args.model} is a language model: use it with --task lm")
     if args.input_size is not None and len(args.input_size) > 2:
         raise UsageError(f"--input-size takes H or H W, got {len(args.input_size)} numbers")
     if args.data_format == "auto":
@@ -193,10 +245,25 @@ def _validate_train(args) -> None:
         raise UsageError(f"--data {args.data}: no such directory")
     if os.path.isdir(args.data) and _inside(args.out, args.data):
         raise UsageError(f"--out {args.out} is inside --data {args.data}: the run would become part of the data set")
-    if args.tau is None:
-        args.tau = default_tau(args.criterion)
-    if args.group_reduce is None:
-        args.group_reduce = default_group_reduce(args.criterion)
+
+
+def _check_task_options(args) -> None:
+    """Options that the chosen task or optimizer does not use are refused (before the defaults
+    are filled in, so that only what the user gave is looked at)."""
+    if args.task != "lm":
+        for option, value in (("--steps-per-epoch", args.steps_per_epoch), ("--seq-len", args.seq_len)):
+            if value is not None:
+                raise UsageError(f"{option} is an option of --task lm (an epoch of classification is one pass over the data)")
+    else:
+        for option, given in (("--data-format", args.data_format != "auto"), ("--input-size", args.input_size is not None),
+                              ("--workers", args.workers != 0)):
+            if given:
+                raise UsageError(f"{option} is an option of --task classify (--task lm reads one text file, or the "
+                                 "built-in text, and samples its windows itself)")
+    optimizer = args.optimizer or task_defaults(args.task)["optimizer"]
+    if optimizer != "sgd" and args.momentum is not None:
+        raise UsageError(f"--momentum is SGD's; with --optimizer {optimizer} the betas are fixed at "
+                         f"{ADAMW_BETAS[0]:g}, {ADAMW_BETAS[1]:g}")
 
 
 def _evaluate(model, loader, device, amp_dtype) -> float:
@@ -234,10 +301,10 @@ class _Setup:
 
         from .data import DataFormatError, load_dataset
         from .training import make_optimizer, make_scheduler
-        from ..models import build_model
+        from ..models import VIT_MODEL_NAMES, build_model
         from ..policy.pruner import EPIPruner
 
-        torch.set_num_threads(args.threads or _default_threads(args.data))
+        torch.set_num_threads(args.threads or _default_threads(args.data, args.task))
         _seed_everything(args.seed)
         self.device = device = torch.device(args.device)
         try:
@@ -247,8 +314,15 @@ class _Setup:
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(f"--data: {e}") from None
 
+        self.model_kwargs = {"num_classes": data.num_classes, "in_channels": data.in_channels}
+        if args.model in VIT_MODEL_NAMES:
+            h, w = data.input_size
+            if h != w:
+                raise UsageError(f"--model {args.model} takes square images, got --input-size {h} {w}")
+            if h != 8:
+                self.model_kwargs["image_size"] = h
         try:
-            model = build_model(args.model, num_classes=data.num_classes, in_channels=data.in_channels)
+            model = build_model(args.model, **self.model_kwargs)
         except (KeyError, ValueError) as e:
             raise UsageError(f"--model: {e.args[0] if e.args else e}") from None
         self.model = model.to(device)
@@ -263,8 +337,8 @@ class _Setup:
         if len(self.train_loader) == 0:
             raise UsageError(f"--batch-size {args.batch_size}: the training set has only {len(data.train)} samples")
 
-        # SGD without weight decay on BatchNorm and biases; warm-up then cosine per step.
-        self.optimizer = make_optimizer(model, args.lr, args.momentum, args.weight_decay)
+        # SGD or AdamW without weight decay on norm scales and biases; warm-up then cosine per step.
+        self.optimizer = make_optimizer(model, args.lr, args.momentum, args.weight_decay, args.optimizer)
         self.steps_per_epoch = len(self.train_loader)
         self.scheduler = make_scheduler(self.optimizer, args.epochs, self.steps_per_epoch, args.warmup_epochs)
 
@@ -335,6 +409,7 @@ class _Run:
         }
         out.update(extra)
         out.update({
+            "task": args.task,
             "data": self.s.data.name,
             "model": args.model,
             "ratio": args.ratio,
@@ -361,12 +436,13 @@ class _Run:
             "macs_before": rep_.get("macs_before"),
             "macs_after": rep_.get("macs_after"),
             "kept_counts": pruner.kept_counts,
-            "top1_final": self.metrics[-1]["test_top1"] if self.metrics else None,
+            "top1_final": self.metrics[-1].get("test_top1") if self.metrics else None,
             "train_seconds": self.train_seconds,
             "skipped_steps": pruner.skipped_steps,
             "warnings": list(self.warnings),
             "seed": args.seed,
             "batch_size": args.batch_size,
+            "optimizer": args.optimizer,
             "lr": args.lr,
             "amp": bool(args.amp),
             "device": str(self.s.device),
@@ -375,7 +451,12 @@ class _Run:
             # The command line as parsed (defaults filled in), for a later --resume.
             "arguments": {k: v for k, v in sorted(vars(args).items()) if k not in ("func", "command", "debug")},
         })
+        out.update(self.task_summary())
         return out
+
+    def task_summary(self) -> Dict[str, Any]:
+        """Keys of summary.json that only this task has."""
+        return {}
 
     def write_progress(self, status: str = "running", **extra: Any) -> None:
         from . import report as rep
@@ -475,17 +556,23 @@ class _Run:
         from ..surgery.serialize import save_pruned
 
         args, s = self.args, self.s
-        save_pruned(
-            s.pruner.module, self._path("model.pt"),
-            arch={"name": args.model, "kwargs": {"num_classes": s.data.num_classes, "in_channels": s.data.in_channels}},
-        )
+        save_pruned(s.pruner.module, self._path("model.pt"), arch={"name": args.model, "kwargs": dict(s.model_kwargs)})
         rep.plot_epi_curve(
             self._path("epi_curve.png"), self._epi_tracked(), args.tau, s.pruner.prune_epoch,
             title=f"EPI, {args.model} on {s.data.name}, {args.criterion}",
         )
+        self.write_task_plots()
         summary = self.summary("completed")
         rep.write_json(self._path("summary.json"), summary)
         return summary
+
+    def write_task_plots(self) -> None:
+        """Plots beside epi_curve.png that only this task draws."""
+
+    def final_line(self, summary: Dict[str, Any]) -> str:
+        pe = "never" if summary["prune_epoch"] is None else f"after epoch {summary['prune_epoch']} ({summary['prune_reason']})"
+        return (f"pruned {pe}; params {summary['params_before']} -> {summary['params_after']}; "
+                f"top-1 {summary['top1_final']:.4f}; {summary['train_seconds']:.1f} s")
 
     def record_stop(self, e: BaseException) -> None:
         """Mark the run directory as interrupted or failed (best effort: the original error is
@@ -516,12 +603,16 @@ def run_train(args) -> int:
     from .rundir import RunDirRefused, start
 
     _validate_train(args)
+    if args.task == "lm":
+        from .lm import LMRun as run_class, LMSetup as setup_class
+    else:
+        run_class, setup_class = _Run, _Setup
     try:
-        setup = _Setup(args)
+        setup = setup_class(args)
     except KeyboardInterrupt as e:
         e.epi_fast_detail = "before training started; nothing was written"  # type: ignore[attr-defined]
         raise
-    run = _Run(args, setup)
+    run = run_class(args, setup)
     try:
         run.outdir = start(args.out, args.overwrite, run.summary("running"))
     except RunDirRefused as e:
@@ -535,11 +626,7 @@ def run_train(args) -> int:
     except BaseException as e:
         run.record_stop(e)
         raise
-    pe = "never" if summary["prune_epoch"] is None else f"after epoch {summary['prune_epoch']} ({summary['prune_reason']})"
-    print(
-        f"pruned {pe}; params {summary['params_before']} -> {summary['params_after']}; "
-        f"top-1 {summary['top1_final']:.4f}; {summary['train_seconds']:.1f} s"
-    )
+    print(run.final_line(summary))
     print(f"results in {args.out}")
     return 0
 

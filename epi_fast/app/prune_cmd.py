@@ -188,7 +188,7 @@ def _prune(args) -> dict:
     import torch
 
     from ..criteria import get_criterion
-    from ..models import MODEL_NAMES, build_model
+    from ..models import MODEL_NAMES, VIT_MODEL_NAMES, build_model
     from ..surgery.serialize import save_pruned
     from ..surgery import prune
 
@@ -217,7 +217,7 @@ def _prune(args) -> dict:
         model = _load_weights(checkpoint, payload, model, arch["name"])
     model.eval()
     in_channels = int(arch["kwargs"].get("in_channels", 3))
-    h, w = args.input_size or ((8, 8) if arch["name"] in MODEL_NAMES else (224, 224))
+    h, w = args.input_size or ((8, 8) if arch["name"] in MODEL_NAMES + VIT_MODEL_NAMES else (224, 224))
     x = torch.randn(1, in_channels, h, w, generator=torch.Generator().manual_seed(args.seed))
     # reduce None: the criterion's default ("mean" for the magnitude criteria accepted here).
     # A ratio these limits cannot reach on this model is a failure (exit 1), as before.

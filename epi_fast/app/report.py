@@ -18,6 +18,7 @@ __all__ = [
     "write_jsonl",
     "write_png",
     "plot_epi_curve",
+    "plot_lm_curves",
     "jsonable",
 ]
 
@@ -62,6 +63,55 @@ def plot_epi_curve(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
     ax.set_title(title or "Early Pruning Indicator")
+    write_png(path, fig)
+
+
+def plot_lm_curves(
+    path: str | os.PathLike,
+    metrics: Sequence[Mapping[str, Any]],
+    initial: Optional[Mapping[str, float]],
+    prune_epoch: Optional[int],
+    title: Optional[str] = None,
+) -> None:
+    """The language-model run: validation perplexity per byte token against epoch (log scale;
+    epoch 0 is the untrained network; in the epoch that prunes, the dense network's value at the
+    end of the epoch and the pruned network's right after the prune), and training tokens per
+    second per epoch; the prune epoch marked in both."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(6.4, 6.0))
+    ax, ax2 = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
+    xs, ys = [], []
+    if initial is not None:
+        xs.append(0)
+        ys.append(initial["perplexity"])
+    for r in metrics:
+        xs.append(r["epoch"])
+        ys.append(r.get("val_perplexity_before_prune", r["val_perplexity"]))
+    ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, label="validation perplexity")
+    after = [(r["epoch"], r["val_perplexity"]) for r in metrics if r.get("pruned_now")]
+    if after:
+        e, v = after[0]
+        later = [(r["epoch"], r["val_perplexity"]) for r in metrics if r["epoch"] > e]
+        px, py = zip(*([(e, v)] + later))
+        ax.plot(px, py, marker="o", markersize=3, linewidth=1.5, color="tab:orange", label="pruned network")
+    ax.set_yscale("log")
+    ax.set_ylabel("perplexity per byte token")
+    tx = [r["epoch"] for r in metrics if r.get("tokens_per_second")]
+    ty = [r["tokens_per_second"] for r in metrics if r.get("tokens_per_second")]
+    ax2.plot(tx, ty, marker="o", markersize=3, linewidth=1.5, color="tab:green")
+    ax2.set_ylabel("training tokens / s")
+    ax2.set_ylim(bottom=0)
+    ax2.set_xlabel("epoch")
+    for a in (ax, ax2):
+        if prune_epoch is not None:
+            a.axvline(prune_epoch, color="tab:red", linestyle=":", linewidth=1.5, label=f"pruned after epoch {prune_epoch}")
+        a.set_xlim(0, max(xs[-1] if xs else 1, 1))
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize="small")
+    ax.set_title(title or "Language model")
     write_png(path, fig)
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
-__all__ = ["TRAIN_DEFAULTS", "seed_everything", "make_optimizer", "lr_lambda", "make_scheduler", "steps_per_epoch"]
+__all__ = ["TRAIN_DEFAULTS", "TASKS", "TASK_DEFAULTS", "OPTIMIZERS", "ADAMW_BETAS", "ADAMW_LR",
+           "ADAMW_WEIGHT_DECAY", "RESOLVED", "task_defaults", "fill_defaults",
+           "seed_everything", "make_optimizer", "lr_lambda", "make_scheduler", "steps_per_epoch"]
 
 # Tuned so that the default run (digits, resnet_small, magnitude, ratio 0.5) finishes well
 # inside 5 minutes on 2 CPU cores, prunes because EPI fired, and ends above 0.9 top-1;
@@ -27,6 +29,67 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "patience": 5,
 }
 
+TASKS = ("classify", "lm")
+OPTIMIZERS = ("sgd", "adamw")
+ADAMW_BETAS = (0.9, 0.95)
+# AdamW's learning rate and weight decay in classification when --optimizer adamw is chosen
+# without --lr / --weight-decay.
+ADAMW_LR = 1e-3
+ADAMW_WEIGHT_DECAY = 0.05
+
+# What `epi-fast train` fills in for the options left out, per task (`--task`) and optimizer
+# (vit_tiny trains with the CNNs' SGD recipe). The language-model task: a byte-level LLaMA
+# decoder on the text of pydoc_data.topics, AdamW, epochs of a fixed number of steps; tuned so
+# that the default run ends within 10 minutes on 2 CPU cores and prunes because EPI fired
+# (docs/TRANSFORMERS_JOBS.md has the measurements).
+TASK_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "classify": {**TRAIN_DEFAULTS, "optimizer": "sgd", "steps_per_epoch": None, "seq_len": None},
+    "lm": {
+        "data": "pydoc-topics",
+        "model": "llama_tiny",
+        "ratio": 0.5,
+        "criterion": "magnitude",
+        "epochs": 30,
+        "steps_per_epoch": 50,
+        "seq_len": 128,
+        "batch_size": 16,
+        "optimizer": "adamw",
+        "lr": 3e-3,
+        "momentum": None,
+        "weight_decay": 0.1,
+        "warmup_epochs": 1,
+        "window": 5,
+        "patience": 5,
+    },
+}
+# The options whose defaults depend on the task or the optimizer.
+RESOLVED = ("data", "model", "optimizer", "epochs", "steps_per_epoch", "seq_len", "batch_size", "lr", "momentum",
+            "weight_decay", "warmup_epochs")
+
+
+def task_defaults(task: str, optimizer: Optional[str] = None) -> Dict[str, Any]:
+    """The defaults of `epi-fast train --task TASK [--optimizer OPT]`: the task's, and where the
+    optimizer is not the task's own, that optimizer's learning rate, momentum and weight decay
+    (AdamW: `ADAMW_LR`, `ADAMW_WEIGHT_DECAY`; SGD: the classification recipe's)."""
+    out = dict(TASK_DEFAULTS[task])
+    chosen = optimizer or out["optimizer"]
+    if chosen != out["optimizer"]:
+        if chosen == "adamw":
+            out.update(lr=ADAMW_LR, weight_decay=ADAMW_WEIGHT_DECAY, momentum=None)
+        else:
+            out.update({k: TRAIN_DEFAULTS[k] for k in ("lr", "momentum", "weight_decay")})
+        out["optimizer"] = chosen
+    return out
+
+
+def fill_defaults(args) -> None:
+    """Set every option of `RESOLVED` left at None on the argparse namespace to its default for
+    the task and optimizer asked for."""
+    d = task_defaults(args.task, args.optimizer)
+    for key in RESOLVED:
+        if getattr(args, key, None) is None:
+            setattr(args, key, d[key])
+
 
 def seed_everything(seed: int) -> None:
     """Python's, numpy's and torch's generators from one seed."""
@@ -38,19 +101,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model, lr: float, momentum: float, weight_decay: float):
-    """SGD (Nesterov when momentum > 0) without weight decay on BatchNorm parameters and
-    biases: decaying gamma would pull the BN magnitudes that the criterion ranks towards zero
-    for reasons unrelated to importance."""
+def make_optimizer(model, lr: float, momentum: float, weight_decay: float, kind: str = "sgd"):
+    """SGD (Nesterov when momentum > 0), or AdamW (betas `ADAMW_BETAS`, decoupled weight decay;
+    `momentum` unused), without weight decay on BatchNorm / LayerNorm / RMSNorm parameters and
+    biases (every parameter of one dimension): decaying gamma would pull the BN magnitudes that
+    the criterion ranks towards zero for reasons unrelated to importance."""
     import torch
 
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.dim() <= 1 else decay).append(p)
-    return torch.optim.SGD(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, momentum=momentum, nesterov=momentum > 0,
-    )
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=ADAMW_BETAS)
+    if kind != "sgd":
+        raise ValueError(f"unknown optimizer {kind!r}: expected one of {', '.join(OPTIMIZERS)}")
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
 
 
 def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:

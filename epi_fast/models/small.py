@@ -1,4 +1,5 @@
-"""Small CNNs for 8x8 (digits) up to 32x32 inputs, and one entry point for torchvision's models.
+"""Small CNNs for 8x8 (digits) up to 32x32 inputs, and one entry point for torchvision's models
+(and for the small transformers of `epi_fast.models.transformer`).
 
 The three in-repo networks cover the three kinds of channel coupling that pruning must respect:
 residual adds (`resnet_small`), depthwise convolutions with inverted residuals
@@ -8,10 +9,15 @@ and the default job run on two CPU cores.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
-__all__ = ["MODEL_NAMES", "build_model", "resnet_small", "mobilenet_small", "densenet_small", "torchvision_names"]
+from .transformer import LM_MODEL_NAMES  # causal language models, built by build_model too
+
+__all__ = ["MODEL_NAMES", "VIT_MODEL_NAMES", "LM_MODEL_NAMES", "build_model", "resnet_small", "mobilenet_small", "densenet_small", "vit_tiny",
+           "torchvision_names"]
 
 
 def _conv_bn(cin, cout, kernel=3, stride=1, groups=1):
@@ -146,8 +152,17 @@ def densenet_small(num_classes=10, in_channels=3, **kwargs) -> nn.Module:
     return DenseNetSmall(num_classes, in_channels, **kwargs)
 
 
-_IN_REPO = {"resnet_small": resnet_small, "mobilenet_small": mobilenet_small, "densenet_small": densenet_small}
-MODEL_NAMES = tuple(_IN_REPO)
+def vit_tiny(num_classes=10, in_channels=3, **kwargs) -> nn.Module:
+    from .transformer import vit_tiny as build
+
+    return build(num_classes, in_channels, **kwargs)
+
+
+_CNNS = {"resnet_small": resnet_small, "mobilenet_small": mobilenet_small, "densenet_small": densenet_small}
+MODEL_NAMES = tuple(_CNNS)  # the in-repo CNNs
+VIT_MODEL_NAMES = ("vit_tiny",)  # the in-repo vision transformer (8x8 inputs, like the CNNs)
+_IN_REPO = {**_CNNS, "vit_tiny": vit_tiny}
+
 
 
 def torchvision_names() -> list[str]:
@@ -185,10 +200,20 @@ def _timm_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.M
     return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
 
 
-def build_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs) -> nn.Module:
-    """An in-repo model (`MODEL_NAMES`), any torchvision classification model by name, or a timm
-    model as "timm/NAME" (the `timm` extra), with random weights. For torchvision models with
-    in_channels != 3 the first convolution is replaced by one with in_channels inputs."""
+def build_model(name: str, num_classes: Optional[int] = None, in_channels: Optional[int] = None, **kwargs) -> nn.Module:
+    """An in-repo model (`MODEL_NAMES`, `VIT_MODEL_NAMES`, `LM_MODEL_NAMES`), any torchvision
+    classification model by name, or a timm model as "timm/NAME" (the `timm` extra), with
+    random weights. Classifiers default to 10 classes and 3 input channels;
+    for torchvision models with in_channels != 3 the first convolution is replaced by one with
+    in_channels inputs. The language models (`LM_MODEL_NAMES`, Hugging Face LLaMA decoders over
+    byte tokens) take `epi_fast.models.transformer.llama_lm`'s keyword arguments (vocab_size,
+    max_position_embeddings, any LlamaConfig field)."""
+    if name in LM_MODEL_NAMES:
+        from .transformer import llama_lm
+
+        return llama_lm(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
+    num_classes = 10 if num_classes is None else num_classes
+    in_channels = 3 if in_channels is None else in_channels
     if name in _IN_REPO:
         return _IN_REPO[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
     if name.startswith("timm/"):
@@ -198,7 +223,7 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
         raise ValueError(
-            f"unknown model {name!r}: expected one of {', '.join(MODEL_NAMES)} or a torchvision "
+            f"unknown model {name!r}: expected one of {', '.join(tuple(_IN_REPO) + LM_MODEL_NAMES)} or a torchvision "
             f"classification model (e.g. resnet18, mobilenet_v2)"
         )
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
