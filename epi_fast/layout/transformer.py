@@ -38,7 +38,7 @@ from .groups import LayoutGroup, Member, Source
 
 __all__ = [
     "Block", "Slice", "HeadGroup", "MlpGroup", "register_attention", "unregister_attention", "register_mlp",
-    "attention_adapters",
+    "attention_adapters", "guard_fused_paths",
     "find_transformer_groups", "HeadPrunedMultiheadAttention",
 ]
 
@@ -225,6 +225,7 @@ def _mha_adapter(m: nn.MultiheadAttention) -> Optional[Block]:
         m.inner_dim = kept * d
         if type(m) is nn.MultiheadAttention:
             m.__class__ = HeadPrunedMultiheadAttention
+            guard_fused_paths(m)
 
     return Block(h, slices, 1, update, lambda: m.num_heads)
 
@@ -239,6 +240,10 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
+        if is_causal and attn_mask is None:
+            # What nn.MultiheadAttention says: is_causal is a hint about attn_mask, not a mask.
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the Transformer module "
+                               "method `generate_square_subsequent_mask` to create this mask.")
         batched = query.dim() == 3
         if not batched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
@@ -265,21 +270,25 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
         q = q.view(b, lq, h, d).transpose(1, 2)
         k = k.view(b, lk, h, d).transpose(1, 2)
         v = v.view(b, lk, h, d).transpose(1, 2)
+        if attn_mask is not None and attn_mask.dim() == 3 and attn_mask.shape[0] != b * h:
+            raise ValueError(
+                f"attn_mask of shape {tuple(attn_mask.shape)}: this attention kept {h} of its heads, so a 3-D mask "
+                f"holds batch x {h} = {b * h} rows (one per kept head, in the order the heads were kept)"
+            )
         mask = _merge_masks(attn_mask, key_padding_mask, b, h, lq, lk, q.dtype)
-        causal = bool(is_causal) and mask is None
         p = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
             scores = (q @ k.transpose(-2, -1)) * (d ** -0.5)
-            if causal:
-                scores = scores.masked_fill(torch.ones(lq, lk, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
             if mask is not None:
                 scores = scores + mask
             probs = scores.softmax(-1)
+            if p:
+                probs = F.dropout(probs, p)  # the weights returned are the ones applied, as in the dense module
             weights = probs.mean(1) if average_attn_weights else probs
-            out = F.dropout(probs, p) @ v if p else probs @ v
+            out = probs @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         out = self.out_proj(out.transpose(1, 2).reshape(b, lq, inner))
         if not batched:
             out = out.squeeze(0)
@@ -287,6 +296,18 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
         elif not self.batch_first:
             out = out.transpose(0, 1)
         return out, weights
+
+
+def _no_op_pre_hook(module, args):
+    return None
+
+
+def guard_fused_paths(m: nn.Module) -> None:
+    """nn.TransformerEncoderLayer's fused inference path reads its self_attn's in_proj_weight as
+    three dense-width blocks, bypassing the module's forward; it is not taken when a forward
+    hook is attached, which this (no-op) pre-hook is for."""
+    if not any(h is _no_op_pre_hook for h in m._forward_pre_hooks.values()):
+        m.register_forward_pre_hook(_no_op_pre_hook)
 
 
 def _merge_masks(attn_mask, key_padding_mask, b, h, lq, lk, dtype):
@@ -500,6 +521,7 @@ def find_transformer_groups(model: nn.Module, ignored: Sequence[nn.Module] = ())
     inside: set = set()  # modules within a recognised block: not looked at again
     found_attention = False
     unknown: List[Tuple[str, nn.Module]] = []
+    owners: Dict[Tuple[int, str], str] = {}  # (tensor owner, attribute) -> the block that cuts it
     for name, m in model.named_modules():
         if id(m) in inside:
             continue
@@ -509,6 +531,13 @@ def find_transformer_groups(model: nn.Module, ignored: Sequence[nn.Module] = ())
                 unknown.append((name, m))
             continue
         found_attention |= kind == "heads"
+        for sl in block.slices:
+            prev = owners.setdefault((id(sl.owner), sl.attr), name)
+            if prev != name:
+                raise ValueError(
+                    f"{names.get(sl.owner, name)}.{sl.attr} is shared by {prev} and {name}: a tensor that two "
+                    "attention or MLP modules read cannot lose one module's heads or channels alone"
+                )
         # An attention module's insides are not looked at again; an MLP's owner may hold the
         # attention too (a BERT layer owns intermediate, output and attention).
         if kind == "heads":
@@ -534,6 +563,11 @@ def find_transformer_groups(model: nn.Module, ignored: Sequence[nn.Module] = ())
         raise ValueError(
             f"{name} is a {type(m).__name__}, an attention module epi_fast does not know: teach the layout its "
             f"heads with epi_fast.layout.register_attention({type(m).__name__}, adapter)"
+        )
+    if found_attention and not groups:
+        raise ValueError(
+            f"{type(model).__name__} has no prunable heads or MLP channels: every attention and MLP module is ignored "
+            "(ignored_layers), and layers outside its transformer blocks are not pruned"
         )
     return groups if found_attention else []
 

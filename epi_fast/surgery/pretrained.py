@@ -79,7 +79,11 @@ def load_pretrained(cls, path, **config_overrides: Any) -> nn.Module:
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not any(k.startswith(t) for t in tied)]
     if missing or unexpected:
-        raise ValueError(f"the weights in {path} do not fit {cls.__name__}: {describe_mismatch(model, state)}")
+        hint = ""
+        if missing and unexpected:
+            hint = ("; transformers' save_pretrained renames some families' weights on save (ViT's to their legacy "
+                    "names), which this loader does not map: save such a model with epi_fast.save_pruned instead")
+        raise ValueError(f"the weights in {path} do not fit {cls.__name__}: {describe_mismatch(model, state)}{hint}")
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     return model

@@ -286,6 +286,7 @@ class _Snapshot:
         self.modules = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
         # A cut may change a module's class (nn.MultiheadAttention whose heads go).
         self.classes = [(m, type(m)) for m in model.modules()]
+        self.pre_hooks = [(m, dict(m._forward_pre_hooks)) for m in model.modules()]
         self.params = [(p, p.data, p.grad) for _, _, p in params]
         self.optimizer = optimizer
         if optimizer is not None:
@@ -298,6 +299,10 @@ class _Snapshot:
         for m, cls in self.classes:
             if type(m) is not cls:
                 m.__class__ = cls
+        for m, hooks in self.pre_hooks:
+            if len(m._forward_pre_hooks) != len(hooks):
+                m._forward_pre_hooks.clear()
+                m._forward_pre_hooks.update(hooks)
         for m, attrs, params, buffers, children in self.modules:
             m.__dict__.clear()
             m.__dict__.update(attrs)

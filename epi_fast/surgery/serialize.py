@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from ..layout import unwrap_model
-from ..layout.transformer import HeadPrunedMultiheadAttention, _recognise
+from ..layout.transformer import HeadPrunedMultiheadAttention, _recognise, guard_fused_paths
 from ..layout.transformer_vision import head_pruned_class
 from .._io import atomic_write
 from .._version import __version__
@@ -296,6 +296,7 @@ def _shrink(model: nn.Module, modules: dict, state: dict) -> None:
             setattr(m, attr, tuple(value) if isinstance(value, list) else value)
         if isinstance(m, nn.MultiheadAttention) and "inner_dim" in attrs and type(m) is nn.MultiheadAttention:
             m.__class__ = HeadPrunedMultiheadAttention  # its heads were pruned
+            guard_fused_paths(m)
         elif "inner_dim" in attrs and head_pruned_class(m) is not None:
             m.__class__ = head_pruned_class(m)  # a torchvision Swin attention whose heads were pruned
     for name, m in by_name.items():

@@ -286,10 +286,30 @@ def flops_model(layout: GroupLayout, example_inputs: Any) -> CostModel:
     layout._plans[("flops", "measured")] = (example_inputs, count)
     q = _Quadratic()
     modules = dict(layout.model.named_modules())
+    names = {mod: n for n, mod in modules.items()}
+    # Submodules of a pruned attention module that are none of its projections (BERT computes
+    # its attention products in attention.self): their products follow its kept heads too.
+    within_heads: Dict[str, int] = {}
+    for gi, g in enumerate(layout.groups):
+        if g.kind == "heads" and isinstance(getattr(g, "module", None), nn.Module):
+            for sub in g.module.modules():
+                n = names.get(sub)
+                if sub is not g.module and n is not None and n not in members:
+                    within_heads.setdefault(n, gi)
     modelled = 0
     for name, ops_ in count.own.items():
         m = modules.get(name)
         total = sum(ops_.values())
+        if name in within_heads and not _cut_anywhere(m, dims):
+            attention = sum(v for op, v in ops_.items() if any(a in op for a in _ATTENTION_OPS))
+            if attention:
+                gi = within_heads[name]
+                size = layout.groups[gi].size
+                kept = _Affine(size)
+                kept.cut(gi, 1.0, size)
+                q.add_affine(kept, attention / size)
+                modelled += attention
+            continue
         if name not in members and not _cut_anywhere(m, dims):
             continue  # nothing of it is pruned: part of the constant
         attention = sum(v for op, v in ops_.items() if any(a in op for a in _ATTENTION_OPS))
