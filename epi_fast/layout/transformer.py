@@ -145,6 +145,16 @@ def _qkvo_adapter(m: nn.Module) -> Optional[Block]:
     if kv * d != k.out_features or n_rep * kv * d != q.out_features or v.out_features != kv * d:
         raise ValueError(f"{type(m).__name__}: q/k/v widths {q.out_features}/{k.out_features}/{v.out_features} "
                          f"are not whole heads of head_dim {d}")
+    projections = {id(p) for lin in (q, k, v, o) for p in lin.parameters()}
+    for name, p in m.named_parameters():
+        # A norm over all heads' queries or keys together (OLMo-2's q_norm / k_norm) would have to
+        # lose the removed heads' entries and its statistics would change; per-head norms
+        # (over head_dim, shared by every head: Qwen3, Gemma) are fine.
+        if id(p) not in projections and p.shape[-1] in (q.out_features, k.out_features) and p.shape[-1] != d:
+            raise ValueError(
+                f"{type(m).__name__} has {name} {tuple(p.shape)} over all of its heads' width: pruning heads would "
+                f"change it; teach the layout with epi_fast.layout.register_attention({type(m).__name__}, adapter)"
+            )
 
     def update(kept: int) -> None:
         m.num_key_value_heads = kept
@@ -357,6 +367,8 @@ def _mlp_parts(m: nn.Module):
         return [m.fc1], m.fc2  # HF ViT, timm Mlp
     if all(_is_linear_like(getattr(m, n, None)) for n in ("c_fc", "c_proj")) and type(m).__name__.endswith("MLP"):
         return [m.c_fc], m.c_proj  # GPT-2
+    if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+        return [m.linear1], m.linear2  # torch's own encoder and decoder layers
     inter = getattr(getattr(m, "intermediate", None), "dense", None)
     out = getattr(getattr(m, "output", None), "dense", None)
     if isinstance(inter, nn.Linear) and isinstance(out, nn.Linear) and hasattr(m, "attention"):
@@ -389,13 +401,19 @@ def _mlp_adapter(m: nn.Module) -> Optional[Block]:
     parts = _mlp_parts(m)
     if parts is None:
         return None
-    if not hasattr(m, "attention") and not _plain_mlp(m, *parts):
+    layer = isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
+    if not (layer or hasattr(m, "attention")) and not _plain_mlp(m, *parts):
         return None  # gated halves or a norm over the hidden channels: not a plain MLP
-    return _two_linear_mlp(*parts, module=m)()
+    block = _two_linear_mlp(*parts, module=m)()
+    if layer:
+        block.update = lambda kept: guard_fused_paths(m)  # its fused path would read the dense widths
+    return block
 
 
 _ATTENTION.extend([
-    (lambda m: isinstance(m, nn.MultiheadAttention), _mha_adapter),
+    # Exactly nn.MultiheadAttention: a subclass may compute something else in its forward (it
+    # is an unknown attention, to register).
+    (lambda m: type(m) in (nn.MultiheadAttention, HeadPrunedMultiheadAttention), _mha_adapter),
     (_has_qkvo, _qkvo_adapter),
     (_is_gpt2, _gpt2_adapter),
     (_has_bert, _bert_adapter),

@@ -582,9 +582,7 @@ def _measure(model, x, target):
 @given(configs(big=True), st.sampled_from(["params", "flops"]),
        st.sampled_from([0.1, 0.25, 0.4, 0.5, 0.7]))
 def test_params_and_flops_targets_are_met_or_refused_without_a_change(cfg, target, ratio):
-    """BERT's FLOPs target is left out: it is missed (xfail below)."""
     fam, c = cfg
-    assume(not (fam == "bert" and target == "flops"))
     dense = build(fam, c)
     x = inputs(fam, c)
     model = copy.deepcopy(dense)
@@ -601,9 +599,6 @@ def test_params_and_flops_targets_are_met_or_refused_without_a_change(cfg, targe
     assert report["achieved"] == pytest.approx(achieved, abs=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: BERT's attention products run in BertSelfAttention (attention.self), not "
-                                       "in the module that holds the heads member (attention): the FLOPs cost model "
-                                       "counts them as constant and the cut overshoots the target without an error")
 @pytest.mark.parametrize("ratio", [0.3, 0.5])
 def test_bert_flops_target_is_met(ratio):
     c = dict(layers=2, heads=8, hidden=64, inter=96, attn="sdpa", seed=0, length=32)
@@ -789,11 +784,6 @@ def _share_o_proj():
     return model, x
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a Linear shared by two attention modules is accepted by the layout "
-                                       "(two groups with slices of one tensor, each indexed in its dense width); "
-                                       "prune then fails with a bare IndexError from the second cut, or here a "
-                                       "RuntimeError from the pruned forward ('mat1 and mat2 shapes cannot be "
-                                       "multiplied (10x8 and 0x16)'), instead of a ValueError naming the shared module")
 def test_two_attention_modules_sharing_one_linear_are_refused_clearly():
     model, x = _share_o_proj()
     with pytest.raises(ValueError):
@@ -811,21 +801,11 @@ def test_a_failed_prune_of_a_shared_linear_leaves_the_model_unchanged():
             run(model, x)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with a Linear shared by two attention modules, prune_with_masks cuts it "
-                                       "twice with indices of the dense width and returns a model whose forward fails "
-                                       "(mat1 and mat2 shapes cannot be multiplied)")
-def test_prune_with_masks_on_a_shared_linear_raises_or_leaves_a_working_model():
+def test_a_linear_shared_by_two_attention_modules_has_no_layout():
+    """No layout, hence no prune_with_masks that would cut the shared tensor twice."""
     model, x = _share_o_proj()
-    layout = group_layout(model, x)
-    keep = torch.ones(layout.num_neurons, dtype=torch.bool)
-    keep[layout.offsets[0] + 1] = False  # group 1 of layer 0
-    keep[layout.offsets[2] + 0] = False  # group 0 of layer 1
-    try:
-        prune_with_masks(model, layout, keep)
-    except ValueError:
-        return
-    with torch.no_grad():
-        run(model, x)
+    with pytest.raises(ValueError, match="is shared by"):
+        group_layout(model, x)
 
 
 @contextmanager
@@ -842,11 +822,6 @@ def _time_limit(seconds):
         signal.signal(signal.SIGALRM, old)
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError,
-                   reason="BUG: when ignored_layers covers every attention and MLP module, find_transformer_groups "
-                          "returns [] (found_attention is True but no group is left), so group_layout falls back "
-                          "to tracing the decoder with Torch-Pruning, which does not finish (minutes on a "
-                          "1-layer LLaMA); expected: a ValueError at once (nothing prunable)")
 def test_ignoring_every_block_of_a_decoder_is_refused():
     if not hasattr(signal, "SIGALRM"):
         pytest.skip("needs SIGALRM to stop the trace")
@@ -884,19 +859,16 @@ def _encoder():
 def test_transformer_encoder_layer_prunes_to_an_odd_head_count_and_runs_under_no_grad():
     model, x = _encoder()
     layout = group_layout(model, x)
-    keep = torch.tensor([True, False, True, True] * 2)  # 3 heads per layer: PyTorch's fast path is off
+    keep = torch.ones(layout.num_neurons, dtype=torch.bool)  # MLP channels kept
+    for g, o in zip(layout.groups, layout.offsets):
+        if g.kind == "heads":
+            keep[o:o + g.size] = torch.tensor([True, False, True, True])  # 3 heads per layer
     pruned = copy.deepcopy(model)
     prune_with_masks(pruned, group_layout(pruned, x), keep)
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), masked_output(model, x, keep), atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="BUG: nn.TransformerEncoderLayer's inference fast path (eval, no_grad, even head count) "
-                          "calls torch._transformer_encoder_layer_fwd with self_attn's weights directly, bypassing "
-                          "HeadPrunedMultiheadAttention.forward: 'expected `qkv_weight` first dim to be 3x "
-                          "embed_dim'. prune() succeeds (it counts with autograd on), the model then fails at "
-                          "inference")
 def test_transformer_encoder_pruned_to_an_even_head_count_runs_under_no_grad():
     model, x = _encoder()
     pruned = copy.deepcopy(model)
@@ -916,21 +888,12 @@ def _pruned_mha(batch_first=True):
     return dense, pruned, x, keep
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="BUG (usability): a 3-D attn_mask shaped for the dense module, (N * num_heads, L, S), "
-                          "fails in HeadPrunedMultiheadAttention with a bare view error ('shape [2, 3, 5, 5] is "
-                          "invalid for input of size 200'); the module does not record which heads it kept, so "
-                          "it can neither pick their rows nor say which rows it wants")
 def test_a_3d_attn_mask_of_the_dense_shape_is_refused_clearly():
     _, pruned, x, _ = _pruned_mha()
     with pytest.raises(ValueError, match="head"):
         pruned(x, x, x, attn_mask=torch.zeros(2 * 4, 5, 5))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: HeadPrunedMultiheadAttention applies is_causal without an attn_mask, "
-                                       "but silently drops it when a key_padding_mask is given (causal = is_causal and "
-                                       "mask is None, transformer.py HeadPrunedMultiheadAttention.forward); the dense "
-                                       "module raises 'Need attn_mask if specifying the is_causal hint' in both cases")
 def test_is_causal_without_attn_mask_is_causal_or_refused_also_with_a_key_padding_mask():
     _, pruned, x, _ = _pruned_mha()
     kpm = torch.zeros(2, 5, dtype=torch.bool)
@@ -968,10 +931,6 @@ def test_is_causal_with_add_zero_attn_matches_the_dense_module():
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="divergence from the dense module (low priority): in training with dropout "
-                                       "> 0 and need_weights=True, nn.MultiheadAttention returns the dropped-out "
-                                       "weights it applied; HeadPrunedMultiheadAttention returns the probabilities "
-                                       "before dropout, which are not the weights its output was computed with")
 def test_returned_weights_are_the_weights_applied_in_training_with_dropout():
     torch.manual_seed(0)
     dense = nn.MultiheadAttention(8, 4, dropout=0.5, batch_first=True)
@@ -1012,12 +971,6 @@ class _NormMlpNet(nn.Module):
         return self.head(h + self.mlp(h))
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="BUG: an MLP with fc1/fc2 and a LayerNorm over the hidden width between them is taken "
-                          "for a plain two-linear MLP (transformer.py _mlp_parts); the norm is not cut, prune() "
-                          "fails in the pruned model's forward ('Given normalized_shape=[32] ... size[2, 5, 16]') "
-                          "and undoes (prune_with_masks leaves the broken model); expected: the norm cut with the "
-                          "channels, or the MLP left alone / refused at layout time")
 def test_an_mlp_with_a_norm_on_its_hidden_width_is_pruned_or_refused():
     model = _NormMlpNet().eval()
     x = (torch.randn(2, 5, 5),)
@@ -1029,12 +982,6 @@ def test_an_mlp_with_a_norm_on_its_hidden_width_is_pruned_or_refused():
         model(*x)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="BUG: OLMo-2's attention has q_proj/k_proj/v_proj/o_proj and head_dim, so the q/k/v/o "
-                          "adapter takes it, but its q_norm / k_norm normalise the whole q and k width "
-                          "(heads * head_dim); they are not cut and the pruned model fails ('The size of tensor a "
-                          "(32) must match the size of tensor b (16)'); expected: the norms cut, or the module "
-                          "refused like an unknown attention")
 def test_olmo2_attention_with_full_width_q_norm_is_pruned_or_refused():
     if not hasattr(transformers, "Olmo2ForCausalLM"):
         pytest.skip("transformers without OLMo-2")
@@ -1059,13 +1006,6 @@ class _MyMultiheadAttention(nn.MultiheadAttention):
     """A user's subclass (e.g. to log or to hook), with nn.MultiheadAttention's forward."""
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="BUG: a subclass of nn.MultiheadAttention matches the adapter (isinstance), but only an "
-                          "exact nn.MultiheadAttention is switched to HeadPrunedMultiheadAttention "
-                          "(transformer.py _mha_adapter.update: type(m) is nn.MultiheadAttention); the subclass "
-                          "keeps the functional forward, which needs inner width == embed_dim: prune() fails in "
-                          "the pruned model's forward ('unflatten: Provided sizes [3, 16] ...') and undoes, "
-                          "prune_with_masks leaves a model that does not run")
 def test_a_subclass_of_multihead_attention_is_pruned_or_refused():
     class Net(nn.Module):
         def __init__(self):
@@ -1087,3 +1027,22 @@ def test_a_subclass_of_multihead_attention_is_pruned_or_refused():
         return
     with torch.no_grad():
         model(*x)
+
+
+def test_torch_transformer_encoder_layers_lose_heads_and_mlp_channels_as_they_mask():
+    torch.manual_seed(3)
+    layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+    model = nn.Sequential(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), nn.Linear(16, 3)).eval()
+    x = torch.randn(2, 5, 16)
+    layout = group_layout(model, x)
+    assert sorted(set(layout.kinds)) == ["heads", "mlp"]
+    keep = torch.ones(layout.num_neurons, dtype=torch.bool)
+    for g, o in zip(layout.groups, layout.offsets):
+        keep[o:o + g.size:2] = False  # every other head and channel
+    masked = copy.deepcopy(model)
+    mask_model(masked, group_layout(masked, x), keep)
+    pruned = copy.deepcopy(model)
+    prune_with_masks(pruned, group_layout(pruned, x), keep)
+    with torch.no_grad():  # inference: torch's fused encoder path must not be taken with pruned widths
+        torch.testing.assert_close(pruned(x), masked(x), atol=2e-5, rtol=1e-4)
+    assert pruned[0].layers[0].linear1.out_features == 16 and pruned[0].layers[0].self_attn.num_heads == 2

@@ -159,7 +159,7 @@ def _heads_of(module) -> Tuple[nn.Module, int, int, bool]:
 def _mlp_out_of(module) -> nn.Module:
     if isinstance(module, nn.Sequential):
         return [c for c in module if isinstance(c, nn.Linear)][1]
-    for name in ("down_proj", "fc2"):
+    for name in ("down_proj", "fc2", "linear2"):
         if hasattr(module, name):
             return getattr(module, name)
     if hasattr(module, "c_proj"):
