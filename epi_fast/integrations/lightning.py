@@ -20,8 +20,11 @@
   the key "epi_fast"); `Trainer.fit(module, ckpt_path=...)` with a dense module of the same
   class narrows it to that architecture just before Lightning loads the weights (the callback
   wraps the module's `on_load_checkpoint` in `setup`), and the pruner resumes where it stopped.
-- Multi-process strategies (DDP) are not handled yet: the module is pruned inside its DDP
-  wrapper; use a single process.
+- Under `strategy="ddp"` every rank takes rank 0's structures and decision (the pruner is
+  given the world's process group), prunes the very same neurons, and the strategy's DDP
+  wrapper is built anew around the pruned module (the old one's buckets refer to the dense
+  parameters), with the strategy's own DDP settings. Other multi-process strategies (FSDP,
+  DeepSpeed) are refused when fitting starts.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ except ImportError:  # pragma: no cover - the extra is missing
         raise ImportError("epi_fast.integrations.lightning needs Lightning: pip install 'epi_fast[lightning]'") from err
 
 __all__ = ["EPIPruning"]
+
+
+def _is_ddp_strategy(strategy) -> bool:
+    return type(strategy).__name__ in ("DDPStrategy",) and hasattr(strategy, "_setup_model")
 
 _KEY = "epi_fast"
 
@@ -99,6 +106,14 @@ class EPIPruning(pl.Callback):
         example = self.example_inputs
         if isinstance(example, torch.Tensor):
             example = example.to(pl_module.device)
+        if trainer.world_size > 1:
+            if not _is_ddp_strategy(trainer.strategy):
+                raise RuntimeError(
+                    f"EPIPruning supports one process or strategy='ddp', not {type(trainer.strategy).__name__}"
+                )
+            import torch.distributed as dist
+
+            options.setdefault("process_group", dist.group.WORLD)
         self.pruner = EPIPruner(pl_module, trainer.optimizers[0], self.ratio, example, **options)
         if self._resume_state is not None:
             self.pruner.load_state_dict(self._resume_state)
@@ -124,6 +139,18 @@ class EPIPruning(pl.Callback):
             pl_module.log("epi/prune_epoch", float(pruner.prune_epoch), on_epoch=True, on_step=False)
             if self.ema is not None:
                 self._prune_ema(pruner)
+            if trainer.world_size > 1:
+                self._rewrap_ddp(trainer)
+
+    @staticmethod
+    def _rewrap_ddp(trainer) -> None:
+        """A new DDP wrapper around the pruned module, with the strategy's own settings (what
+        DDPStrategy.configure_ddp builds when fitting starts)."""
+        strategy = trainer.strategy
+        strategy.model = strategy._setup_model(strategy.lightning_module)
+        register = getattr(strategy, "_register_ddp_hooks", None)
+        if register is not None:
+            register()
 
     def _prune_ema(self, pruner: EPIPruner) -> None:
         ema = self.ema.module

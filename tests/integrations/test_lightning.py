@@ -102,3 +102,23 @@ def test_the_callback_prunes_with_accumulation_clipping_bf16_and_an_ema(criterio
     assert [p.shape for p in ema2.module.parameters()] == [p.shape for p in module.net.parameters()]
     assert trainer2.current_epoch == 7
     assert math.isfinite(float(trainer2.logged_metrics["loss"]))
+
+
+def test_two_ddp_processes_prune_alike_and_keep_training(tmp_path):
+    """strategy="ddp" on two CPU processes (gloo), launched by Lightning itself from a script."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "lightning_ddp_run.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, script, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    a, b = ranks
+    assert a["prune_epoch"] == b["prune_epoch"] is not None and a["kept"] == b["kept"]
+    assert a["shapes"] == b["shapes"] and a["checksum"] == pytest.approx(b["checksum"], rel=1e-6)
+    # Every epoch, before and after the prune, trains the module DDP wraps.
+    assert a["wrapped"] == b["wrapped"] == [True] * 4 and a["epochs"] == 4
