@@ -110,7 +110,7 @@ class GroupLayout:
                 )
 
 
-def group_layout(model: nn.Module, example_inputs, ignored_layers=(), *, observe=None) -> GroupLayout:
+def group_layout(model: nn.Module, example_inputs, ignored_layers=(), *, observe=None, residual: bool = False) -> GroupLayout:
     """Trace `model` once and return its `GroupLayout`.
 
     example_inputs: what the model is called with (a tensor, a tuple of positional inputs or a
@@ -127,10 +127,15 @@ def group_layout(model: nn.Module, example_inputs, ignored_layers=(), *, observe
     module instead of traced: its groups are attention heads and MLP channels, its residual
     width and the layers outside its transformer blocks are not pruned, and it runs once on
     example_inputs (token ids for a language model) so that bad inputs fail here.
+    residual=True also prunes the residual width (hidden size) of a LLaMA-style decoder: one
+    more group, of kind "residual", whose neurons are the hidden channels (embeddings, norms,
+    every projection that reads or writes the residual stream, the output head). Removing a
+    hidden channel changes what every RMS norm averages over, so that network is not the dense
+    one with the channel masked; it is off by default.
     """
     model = unwrap_model(model)
     ignored = resolve_ignored(model, ignored_layers)
-    blocks = find_transformer_groups(model, ignored)
+    blocks = find_transformer_groups(model, ignored, residual=residual)
     if blocks:
         return _transformer_layout(model, example_inputs, blocks, ignored, observe)
     trace = trace_model(model, example_inputs, observe=observe)

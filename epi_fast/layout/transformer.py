@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from .groups import LayoutGroup, Member, Source
 
 __all__ = [
-    "Block", "Slice", "HeadGroup", "MlpGroup", "register_attention", "unregister_attention", "register_mlp",
+    "Block", "Slice", "HeadGroup", "MlpGroup", "ResidualGroup", "residual_block", "register_attention", "unregister_attention", "register_mlp",
     "attention_adapters", "guard_fused_paths",
     "find_transformer_groups", "HeadPrunedMultiheadAttention",
 ]
@@ -445,7 +445,12 @@ class _SliceGroup(LayoutGroup):
         n = self.size
         rows = torch.arange(n)
         out = []
+        seen = set()
         for s in self.block.slices:
+            tensor_key = (id(s.owner._parameters[s.attr]), s.dim, s.offset)
+            if tensor_key in seen:
+                continue  # a tied tensor (embeddings = head) scores once
+            seen.add(tensor_key)
             view = _slice_view(s.dim, s.offset, n, s.width)
             out.append(Source(self.names[id(s.owner)], s.owner, (s.attr,), rows, rows, view=view,
                               key=(id(s.owner), s.attr, s.dim, s.offset),
@@ -461,17 +466,19 @@ class _SliceGroup(LayoutGroup):
     def remove(self, dg, neurons: Sequence[int]) -> None:
         gone = torch.as_tensor(sorted(set(int(j) for j in neurons)), dtype=torch.int64)
         # One index per cut tensor and dimension: a fused q/k/v weight loses three slices at once.
-        cuts: Dict[Tuple[int, str, int], List[Slice]] = {}
+        # A tied tensor (input embeddings = output head) is cut once, and every owner gets it.
+        cuts: Dict[Tuple[int, int], List[Slice]] = {}
         for s in self.block.slices:
-            cuts.setdefault((id(s.owner), s.attr, s.dim), []).append(s)
-        for (_, attr, dim), slices in cuts.items():
-            owner = slices[0].owner
-            p = owner._parameters[attr]
+            cuts.setdefault((id(s.owner._parameters[s.attr]), s.dim), []).append(s)
+        for (_, dim), slices in cuts.items():
+            p = slices[0].owner._parameters[slices[0].attr]
             drop = torch.zeros(p.shape[dim], dtype=torch.bool)
-            for s in slices:
+            for s in {(s.offset, s.width): s for s in slices}.values():  # a tied tensor's slices once
                 drop[self._indices(s, gone)] = True
             keep = (~drop).nonzero().flatten().to(p.device)
-            owner._parameters[attr] = nn.Parameter(p.detach().index_select(dim, keep), requires_grad=p.requires_grad)
+            new = nn.Parameter(p.detach().index_select(dim, keep), requires_grad=p.requires_grad)
+            for s in slices:
+                s.owner._parameters[s.attr] = new
         for s in self.block.slices:
             _sync_features(s.owner)
         if self.block.update is not None:
@@ -479,7 +486,11 @@ class _SliceGroup(LayoutGroup):
 
 
 def _sync_features(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
+    if isinstance(m, nn.Embedding):
+        m.num_embeddings, m.embedding_dim = m.weight.shape
+    elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+        m.normalized_shape = tuple(m.weight.shape)
+    elif isinstance(m, nn.Linear):
         m.out_features, m.in_features = m.weight.shape
     elif type(m).__name__ == "Conv1D":
         m.nx, m.nf = m.weight.shape
@@ -506,6 +517,84 @@ class MlpGroup(_SliceGroup):
     kind = "mlp"
 
 
+class ResidualGroup(_SliceGroup):
+    """The residual width (hidden size) of a whole model: one neuron is one hidden channel, in
+    the embeddings, every norm and every projection that reads or writes the residual stream.
+    Only when asked (`group_layout(..., residual=True)`)."""
+
+    kind = "residual"
+
+
+def _decoder_parts(model: nn.Module):
+    """(input embedding, decoder layers, final norm, output head) of a LLaMA-style decoder, or
+    None: layers with self_attn (q/k/v/o_proj) and mlp (gate/up/down_proj) and two 1-D norms."""
+    get_in = getattr(model, "get_input_embeddings", None)
+    emb = get_in() if callable(get_in) else None
+    if not isinstance(emb, nn.Embedding):
+        return None
+    base = model.get_decoder() if callable(getattr(model, "get_decoder", None)) else getattr(model, "model", model)
+    layers = getattr(base, "layers", None)
+    norm = getattr(base, "norm", None)
+    head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
+    if layers is None or norm is None or not isinstance(getattr(norm, "weight", None), torch.Tensor):
+        return None
+    for layer in layers:
+        a, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        if a is None or mlp is None or not _has_qkvo(a) or _mlp_parts(mlp) is None:
+            return None
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            w = getattr(getattr(layer, n, None), "weight", None)
+            if not isinstance(w, torch.Tensor) or w.dim() != 1:
+                return None
+    return emb, layers, norm, head
+
+
+def residual_block(model: nn.Module) -> Block:
+    """The residual width of a LLaMA-style decoder (LLaMA, Qwen2, Mistral) as one block."""
+    parts = _decoder_parts(model)
+    if parts is None:
+        raise ValueError(
+            f"residual=True (pruning the hidden size) knows LLaMA-style decoders (embeddings, layers with "
+            f"self_attn q/k/v/o_proj, mlp gate/up/down_proj and RMS norms, a final norm); {type(model).__name__} is "
+            "not one"
+        )
+    emb, layers, norm, head = parts
+    hidden = emb.weight.shape[1]
+    slices = [Slice(emb, "weight", 1, 0, 1, "in")]
+
+    # Roles as for heads: "in" for what produces the neuron (its rows of o_proj and down_proj,
+    # its embedding column), "out" for what reads it (columns of q/k/v, gate/up, the head).
+    def reads(lin):
+        slices.append(Slice(lin, "weight", 1, 0, 1, "out"))
+
+    def writes(lin):
+        slices.append(Slice(lin, "weight", 0, 0, 1, "in"))
+        if lin.bias is not None:
+            slices.append(Slice(lin, "bias", 0, 0, 1, "in"))
+
+    for layer in layers:
+        a, mlp = layer.self_attn, layer.mlp
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            slices.append(Slice(getattr(layer, n), "weight", 0, 0, 1, "norm"))
+        for lin in (a.q_proj, a.k_proj, a.v_proj):
+            reads(lin)
+        writes(a.o_proj)
+        first, out = _mlp_parts(mlp)
+        for lin in first:
+            reads(lin)
+        writes(out)
+    slices.append(Slice(norm, "weight", 0, 0, 1, "norm"))
+    if isinstance(head, nn.Linear):
+        reads(head)
+
+    def update(kept: int) -> None:
+        for layer in layers:
+            if isinstance(getattr(layer, "hidden_size", None), int):
+                layer.hidden_size = kept
+
+    return Block(hidden, slices, 1, update, lambda: emb.weight.shape[1])
+
+
 def _members(block: Block, module: nn.Module, name: str, names: Dict[nn.Module, str], attention: bool) -> List[Member]:
     """One member per cut tensor and dimension (a fused q/k/v weight is one member with three
     slices per neuron); a linear layer's bias follows its weight."""
@@ -524,15 +613,40 @@ def _members(block: Block, module: nn.Module, name: str, names: Dict[nn.Module, 
         owner_name = names.get(s.owner, name)
         target = getattr(s.owner, s.attr) if own_param else s.owner
         label = f"{owner_name}.{s.attr}" if own_param else owner_name
-        members.append(Member(label, target, "out" if s.role == "in" else "in", channels, neurons, dim=s.dim))
+        kind = {"in": "out", "out": "in"}.get(s.role, "other")
+        members.append(Member(label, target, kind, channels, neurons, dim=s.dim))
     if attention:
         members.append(Member(name, module, "attn", torch.arange(n), torch.arange(n)))
     return members
 
 
-def find_transformer_groups(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> List[LayoutGroup]:
+def find_transformer_groups(model: nn.Module, ignored: Sequence[nn.Module] = (), residual: bool = False) -> List[LayoutGroup]:
     """The head and MLP groups of `model`, in module order; [] when it has no known attention.
-    Raises ValueError for an attention module no adapter recognises."""
+    Raises ValueError for an attention module no adapter recognises. residual=True adds the
+    residual width of a LLaMA-style decoder as one more group (kind "residual")."""
+    groups = _block_groups(model, ignored)
+    if residual:
+        if not groups:
+            raise ValueError(f"residual=True: {type(model).__name__} has no attention module the layout knows")
+        block = residual_block(model)
+        names = {m: n for n, m in model.named_modules()}
+        emb = block.slices[0].owner
+        name = names[emb]
+        slice_names = {id(s.owner): names.get(s.owner, name) for s in block.slices}
+        # Members: one per tensor and dimension; tied tensors (embeddings = head) once.
+        seen, unique = set(), []
+        for s in block.slices:
+            key = (id(s.owner._parameters[s.attr]), s.dim)
+            if key not in seen:
+                seen.add(key)
+                unique.append(s)
+        view = Block(block.size, unique, 1, block.update, block.count)
+        groups.append(ResidualGroup(name, block.size, _members(view, emb, name, names, False),
+                                    module=emb, block=block, names=slice_names))
+    return groups
+
+
+def _block_groups(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> List[LayoutGroup]:
     names = {m: n for n, m in model.named_modules()}
     ignored_ids = {id(m) for m in ignored}
     groups: List[LayoutGroup] = []
@@ -550,7 +664,7 @@ def find_transformer_groups(model: nn.Module, ignored: Sequence[nn.Module] = ())
             continue
         found_attention |= kind == "heads"
         for sl in block.slices:
-            prev = owners.setdefault((id(sl.owner), sl.attr), name)
+            prev = owners.setdefault((id(sl.owner), sl.attr, sl.dim), name)
             if prev != name:
                 raise ValueError(
                     f"{names.get(sl.owner, name)}.{sl.attr} is shared by {prev} and {name}: a tensor that two "

@@ -38,12 +38,13 @@ class PrunerConfig:
     max_layer_ratio: Any = DEFAULT_MAX_LAYER_RATIO
     round_to: Optional[int] = None
     ranking: str = "per_kind"
+    residual: bool = False
 
     @classmethod
     def build(cls, ratio, criterion="magnitude", window=5, tau=None, patience=5, track_ratios=(),
               deadline_epoch=None, min_keep=1, ignored_layers=(), reduce=None, total_epochs=None,
               taylor_mode=None, target="channels", max_layer_ratio=DEFAULT_MAX_LAYER_RATIO,
-              round_to=None, ranking="per_kind") -> "PrunerConfig":
+              round_to=None, ranking="per_kind", residual=False) -> "PrunerConfig":
         ratio = check_ratio(ratio, "ratio", allow_zero=False)
         ratios = [ratio]
         for r in check_ratios(track_ratios, "track_ratios"):
@@ -68,12 +69,15 @@ class PrunerConfig:
         max_layer_ratio = check_max_layer_ratio(max_layer_ratio)
         round_to = check_round_to(round_to)
         ranking = check_ranking(ranking)
+        if not isinstance(residual, bool):
+            raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
         if isinstance(ignored_layers, (str, bytes)) or not hasattr(ignored_layers, "__iter__"):
             ignored_layers = (ignored_layers,)
         return cls(ratio=ratio, criterion=crit, criterion_name=name, ratios=tuple(ratios), window=window,
                    tau=float(tau), patience=patience, deadline_epoch=deadline_epoch, min_keep=min_keep,
                    ignored_layers=tuple(ignored_layers), reduce=crit.reduction(reduce), total_epochs=total_epochs,
-                   target=target, max_layer_ratio=max_layer_ratio, round_to=round_to, ranking=ranking)
+                   target=target, max_layer_ratio=max_layer_ratio, round_to=round_to, ranking=ranking,
+                   residual=residual)
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings a resumed run must share with the saved one (checked on load)."""
@@ -91,4 +95,5 @@ class PrunerConfig:
             "max_layer_ratio": self.max_layer_ratio,
             "round_to": self.round_to,
             "ranking": self.ranking,
+            "residual": self.residual,
         }

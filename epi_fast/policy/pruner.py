@@ -44,7 +44,8 @@ GRADIENT_CRITERIA = gradient_criterion_names()
 _STATE_VERSION = 3
 # What the selection rule was before version 3 (0.1 and 0.2): channels, no per-layer limit, no
 # rounding. A state from then is read with these, so a pruner built with other settings is told.
-_RULE_BEFORE_V3 = {"target": "channels", "max_layer_ratio": 1.0, "round_to": None, "ranking": "per_kind"}
+_RULE_BEFORE_V3 = {"target": "channels", "max_layer_ratio": 1.0, "round_to": None, "ranking": "per_kind",
+                   "residual": False}
 
 
 def default_tau(criterion) -> float:
@@ -121,6 +122,7 @@ class EPIPruner:
         round_to: Optional[int] = None,
         *,
         ranking: str = "per_kind",
+        residual: bool = False,
         total_epochs: Optional[int] = None,
         taylor_mode: Optional[str] = None,
         process_group: Any = None,
@@ -129,7 +131,7 @@ class EPIPruner:
             ratio, criterion=criterion, window=window, tau=tau, patience=patience, track_ratios=track_ratios,
             deadline_epoch=deadline_epoch, min_keep=min_keep, ignored_layers=ignored_layers, reduce=reduce,
             total_epochs=total_epochs, taylor_mode=taylor_mode, target=target, max_layer_ratio=max_layer_ratio,
-            round_to=round_to, ranking=ranking,
+            round_to=round_to, ranking=ranking, residual=residual,
         )
         self._wrapper = model if is_ddp(model) else None
         self._compiled = is_compiled(model)
@@ -414,7 +416,7 @@ def _upgrade_state(state: Dict[str, Any]) -> Dict[str, Any]:
     if version == _STATE_VERSION:
         # "ranking" came within version 3: before it, kinds were ranked in one order, which for
         # the one kind of a CNN is the per-kind rule.
-        return {**state, "config": {"ranking": "per_kind", **state["config"]}}
+        return {**state, "config": {"ranking": "per_kind", "residual": False, **state["config"]}}
     if version == 2:
         return {**state, "version": _STATE_VERSION, "config": {**_RULE_BEFORE_V3, **state["config"]}}
     if version != 1:

@@ -55,7 +55,8 @@ class StructureTracker:
         self.config = config
         self.criterion = config.criterion
         self.sync = sync
-        self.layout = group_layout(module, example_inputs, ignored_layers=config.ignored_layers)
+        self.layout = group_layout(module, example_inputs, ignored_layers=config.ignored_layers,
+                                   residual=config.residual)
         # The prune's own selection rule (target, limits, rounding): EPI watches the very
         # structures that the prune would cut.
         self.selector = Selector(self.layout, config.target, config.min_keep, config.max_layer_ratio,

@@ -59,6 +59,7 @@ def prune(
     max_layer_ratio: Any = DEFAULT_MAX_LAYER_RATIO,
     round_to: Optional[int] = None,
     ranking: str = "per_kind",
+    residual: bool = False,
 ) -> dict:
     """Remove the lowest-scoring part of the model's group neurons, in place.
 
@@ -78,6 +79,9 @@ def prune(
     channels) is ranked on its own, so that with target="channels" each kind loses the
     fraction `ratio` of its neurons (attention heads count as key/value groups); "global":
     one order over every kind after dividing each kind's scores by their mean.
+    residual: also prune the residual width (hidden size) of a LLaMA-style decoder (see
+    `group_layout`); off by default, and not the masked network (its norms average over the
+    kept channels only).
 
     criterion: a name or an `epi_fast.criteria.Criterion`; a weight criterion ("l2", "l1",
     "bn", "magnitude", ...) scores the current weights, combining member channels with
@@ -99,12 +103,12 @@ def prune(
     any failure the model and optimizer are left unchanged.
     """
     return prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_keep, ignored_layers, layout, reduce,
-                    target, max_layer_ratio, round_to, strict=True, ranking=ranking)
+                    target, max_layer_ratio, round_to, strict=True, ranking=ranking, residual=residual)
 
 
 def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_keep, ignored_layers, layout, reduce,
              target, max_layer_ratio, round_to, *, strict: bool, ranking: str = "per_kind",
-             keep_out: Optional[list] = None) -> dict:
+             keep_out: Optional[list] = None, residual: bool = False) -> dict:
     """`prune`; strict=False cuts at the nearest reachable structure even when it is further
     than 0.01 from the ratio (EPIPruner: the structure EPI tracked, see `Selector.select`).
     keep_out: a list that receives the keep mask (bool [N], layout order) that was cut."""
@@ -122,7 +126,7 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
         # The dense model's FLOPs are counted in the trace's own forward pass (eval mode,
         # autograd on: what measure_flops runs), not in a second pass.
         probe = FlopProbe(model)
-        layout = group_layout(model, example_inputs, ignored_layers=ignored_layers, observe=probe)
+        layout = group_layout(model, example_inputs, ignored_layers=ignored_layers, observe=probe, residual=residual)
     else:
         _check_layout(layout, model)
     selector = Selector(layout, target, min_keep, max_layer_ratio, round_to, example_inputs, ranking=ranking)

@@ -235,6 +235,10 @@ def _record_member(dims: _Dims, mem, gi: int, size: int, bare_dims: Dict[int, in
         dims.cut(m.out_proj.bias, 0, gi, cpn, size)
         dims.cut(m.bias_k, -1, gi, cpn, size)
         dims.cut(m.bias_v, -1, gi, cpn, size)
+    elif mem.dim is not None and isinstance(getattr(m, "weight", None), torch.Tensor):
+        # A norm over a pruned width (an RMSNorm of the residual stream): its weight and bias.
+        dims.cut(m.weight, mem.dim, gi, cpn, size)
+        dims.cut(getattr(m, "bias", None), mem.dim, gi, cpn, size)
     elif any(True for _ in m.parameters(recurse=False)):
         raise ValueError(
             f"cannot follow the cost of {mem.name} ({type(m).__name__}): epi_fast does not know how its parameters "

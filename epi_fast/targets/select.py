@@ -47,7 +47,8 @@ from .limits import (DEFAULT_MAX_LAYER_RATIO, check_max_layer_ratio, check_round
 __all__ = ["Selection", "Selector", "TOLERANCE", "RANKINGS", "check_ranking"]
 
 # What the errors call each kind's neurons.
-_KIND_WORDS = {"channels": "channel", "heads": "attention-head (key/value group)", "mlp": "MLP-channel"}
+_KIND_WORDS = {"channels": "channel", "heads": "attention-head (key/value group)", "mlp": "MLP-channel",
+               "residual": "residual-width"}
 
 # The achieved fraction of a "params" / "flops" target (or of a rounded one) is within this
 # of the ratio, or the selection raises naming the nearest reachable fractions.
