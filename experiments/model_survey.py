@@ -1,4 +1,5 @@
-"""Which torchvision classification models `epi_fast.prune` handles: writes docs/MODELS.md.
+"""Which torchvision (or timm) classification models `epi_fast.prune` handles: writes
+docs/MODELS.md (or, with --source timm, docs/TIMM.md).
 
 Each model runs in its own process with a time limit (a hang or an out-of-memory kill then
 costs one row, not the survey): random weights, 10 classes, the smallest input size of
@@ -7,6 +8,7 @@ forward of the pruned model (the "works" test) and a training-mode forward (auxi
 that only run in training are not traced; see the notes).
 
     python experiments/model_survey.py [--timeout 300] [--only resnet18 vgg11] [--out docs/MODELS.md]
+    python experiments/model_survey.py --source timm [--out docs/TIMM.md]
 """
 
 from __future__ import annotations
@@ -21,17 +23,35 @@ import time
 SIZES = (64, 224, 299)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The timm models the survey covers by default (random weights; nothing is downloaded).
+TIMM_MODELS = (
+    "resnet18", "resnet50", "resnext50_32x4d", "seresnext26d_32x4d", "resnest50d", "densenet121", "dla34",
+    "cspresnet50", "regnetx_016", "regnety_016", "efficientnet_b0", "tf_efficientnet_lite0", "efficientnetv2_rw_s",
+    "mobilenetv3_large_100", "mixnet_s", "ghostnet_100", "rexnet_100", "repvgg_a2", "hrnet_w18_small",
+    "inception_v3", "xception41", "nfnet_l0", "convnext_tiny", "poolformer_s12", "mobilevit_s", "levit_128",
+    "coat_lite_tiny", "vit_small_patch16_224", "deit_small_patch16_224", "swin_tiny_patch4_window7_224",
+)
 
-def survey_one(name: str) -> dict:
-    import torch
+
+def _build(name: str, source: str):
+    if source == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=False, num_classes=10)
     import torchvision
+
+    return torchvision.models.get_model(name, weights=None, num_classes=10)
+
+
+def survey_one(name: str, source: str = "torchvision") -> dict:
+    import torch
 
     from epi_fast.surgery import prune
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     row = {"model": name}
-    model = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
+    model = _build(name, source).eval()
     size = None
     for s in SIZES:
         try:
@@ -76,16 +96,23 @@ def _clip(text: str, n: int = 160) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def write_table(rows: list[dict], path: str, seconds: float) -> None:
+def write_table(rows: list[dict], path: str, seconds: float, source: str = "torchvision") -> None:
     import torch
     import torch_pruning
     import torchvision
 
     ok = sum(1 for r in rows if r.get("works"))
+    if source == "timm":
+        import timm
+
+        title, versions = "# timm models and `epi_fast.prune`", f", timm {timm.__version__}"
+        how = "`experiments/model_survey.py --source timm`"
+    else:
+        title, versions, how = "# Torchvision models and `epi_fast.prune`", "", "`experiments/model_survey.py`"
     lines = [
-        "# Torchvision models and `epi_fast.prune`",
+        title,
         "",
-        "Written by `experiments/model_survey.py` (do not edit by hand). Each model: random weights,",
+        f"Written by {how} (do not edit by hand). Each model: random weights,",
         "10 classes, the smallest input of 64/224/299 pixels it accepts, `prune(model, 0.5, x,",
         'criterion="magnitude")` (half of the prunable group neurons removed globally, at least one',
         "kept per group, coupled channels combined by the criterion's default, the mean; the",
@@ -95,7 +122,7 @@ def write_table(rows: list[dict], path: str, seconds: float) -> None:
         "(`tests/surgery/test_surgery.py`) on a subset.",
         "",
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, torch-pruning "
-        f"{torch_pruning.__version__}; {ok} of {len(rows)} models work; survey time {seconds / 60:.0f} min "
+        f"{torch_pruning.__version__}{versions}; {ok} of {len(rows)} models work; survey time {seconds / 60:.0f} min "
         "on 1 CPU thread.",
         "",
         "| model | works | input | params before | params after (0.5) | kept | prune s | notes |",
@@ -109,7 +136,7 @@ def write_table(rows: list[dict], path: str, seconds: float) -> None:
             f"{before if before is not None else ''} | {after if after is not None else ''} | {kept} | "
             f"{r.get('prune_s', '')} | {_clip(r.get('why', ''))} |"
         )
-    lines += ["", "## Notes", "", NOTES.strip(), ""]
+    lines += ["", "## Notes", "", (TIMM_NOTES if source == "timm" else NOTES).strip(), ""]
     with open(path + ".tmp", "w") as f:
         f.write("\n".join(lines))
     os.replace(path + ".tmp", path)
@@ -118,17 +145,15 @@ def write_table(rows: list[dict], path: str, seconds: float) -> None:
 NOTES = """
 - "works" means the pruned model runs and gives 10 outputs; that pruning equals masking is
   checked in `tests/surgery/test_surgery.py` for resnet18/50, mobilenet_v2/v3_small, vgg11_bn,
-  densenet121, resnext50_32x4d and the in-repo models. ConvNeXt, ViT, EfficientNet and RegNet
-  run after pruning but their equivalence (LayerNorm, layer-scale and class-token parameters,
-  attention) is not tested here.
-- "kept" is params after / before. A ratio counts group neurons, not parameters: a neuron of a
+  densenet121, resnext50_32x4d and the in-repo models, and in tests/transformer for ViT and
+  Swin (attention heads and MLP channels; docs/TRANSFORMERS.md). ConvNeXt, EfficientNet and
+  RegNet run after pruning but their equivalence (LayerNorm, layer-scale parameters) is not
+  tested here.
+- "kept" is params after / before. A ratio counts group neurons (for models with attention:
+  each kind, heads and MLP channels, loses the ratio of its own), not parameters: a neuron of a
   wide late layer carries more parameters than one of an early layer, so the parameter
-  reduction differs from the ratio. With 0.1's default `reduce="sum"` a residual neuron shared
-  by many layers outscored lone channels, so lone inner convolutions went first; with the mean
-  (0.2.0's default for magnitude criteria) that bias is gone, but at random initialisation
-  every BatchNorm gamma is 1, the BN-scored groups tie and ties go by index, so the earliest
-  groups go first: in regnet_y_400mf the residual streams of the first stages keep one channel
-  (14 of its 85 layers keep one). Per-layer limits are the remedy (not in this release).
+  reduction differs from the ratio (`target="params"` asks for a parameter fraction). The
+  default per-layer limit (`max_layer_ratio=0.9`) keeps at least a tenth of every layer.
 - Grouped convolutions (ResNeXt, RegNet) are pruned alike in every convolution group: such a
   group neuron ties `groups` channels, and its score is the mean over the copies.
 - Modules that only run in training mode (GoogLeNet/Inception auxiliary heads) are not seen by
@@ -136,8 +161,20 @@ NOTES = """
   pruned model runs in eval mode only (`prune` warns). Build such models with
   `aux_logits=False` before pruning.
 - ShuffleNetV2: Torch-Pruning 1.6.0's index mapping of the channel shuffle (reshape/transpose)
-  divides by zero while building the graph. Swin (v1, v2) and MaxViT: the graph build fails
-  (TypeError inside Torch-Pruning) or does not finish within 300 s on one CPU thread.
+  divides by zero while building the graph. Swin (v1, v2) prunes by heads and MLP channels
+  (docs/TRANSFORMERS.md). MaxViT: its attention is not one the layout knows (a ValueError
+  naming it and `epi_fast.layout.register_attention`).
+"""
+
+TIMM_NOTES = """
+- "works" means the pruned model runs and gives 10 outputs. Models with attention (ViT, DeiT,
+  Swin, and the timm attention the layout knows) prune by attention heads and MLP channels
+  (docs/TRANSFORMERS.md); the others through Torch-Pruning's dependency graph, as the
+  torchvision models of docs/MODELS.md. A model whose attention the layout does not know is
+  refused with a ValueError that names it (teach it with `epi_fast.layout.register_attention`).
+- "kept" is params after / before at ratio 0.5 of the group neurons, with the default
+  per-layer limit (at least a tenth of every layer kept).
+- `epi-fast prune --model timm/NAME` builds the same models.
 """
 
 
@@ -145,21 +182,27 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--timeout", type=int, default=300)
     ap.add_argument("--only", nargs="*")
-    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "MODELS.md"))
+    ap.add_argument("--out", default=None, help="(default docs/MODELS.md, or docs/TIMM.md with --source timm)")
+    ap.add_argument("--source", choices=("torchvision", "timm"), default="torchvision")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.out is None:
+        args.out = os.path.join(ROOT, "docs", "TIMM.md" if args.source == "timm" else "MODELS.md")
     if args.one:
-        print(json.dumps(survey_one(args.one)))
+        print(json.dumps(survey_one(args.one, args.source)))
         return 0
-    import torchvision
+    if args.source == "timm":
+        names = args.only or list(TIMM_MODELS)
+    else:
+        import torchvision
 
-    names = args.only or sorted(torchvision.models.list_models(module=torchvision.models))
+        names = args.only or sorted(torchvision.models.list_models(module=torchvision.models))
     rows, start = [], time.perf_counter()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for name in names:
         t = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True,
+            proc = subprocess.run([sys.executable, __file__, "--one", name, "--source", args.source], capture_output=True, text=True,
                                   timeout=args.timeout, env=env)
             lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
             if proc.returncode == 0 and lines:
@@ -172,7 +215,7 @@ def main() -> int:
             row = {"model": name, "works": False, "why": f"over the {args.timeout} s time limit"}
         rows.append(row)
         print(f"{name}: {'ok' if row.get('works') else 'FAIL'} {time.perf_counter() - t:.0f}s {row.get('why', '')[:100]}", flush=True)
-        write_table(rows, args.out, time.perf_counter() - start)
+        write_table(rows, args.out, time.perf_counter() - start, args.source)
     return 0
 
 
