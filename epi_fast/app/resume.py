@@ -207,6 +207,17 @@ def _stored_arguments(args, marker: Dict[str, Any]) -> argparse.Namespace:
     return out
 
 
+def _remove_temporaries(path: str) -> None:
+    """The temporary files that atomic writes of a killed run left (theirs alone)."""
+    from .._io import is_temporary_of
+    from .rundir import RUN_FILES
+
+    for entry in os.listdir(path):
+        full = os.path.join(path, entry)
+        if any(is_temporary_of(entry, n) for n in RUN_FILES) and os.path.isfile(full) and not os.path.islink(full):
+            os.unlink(full)
+
+
 def resume_train(args) -> int:
     """`epi-fast train --resume RUN_DIR`."""
     from .cli import validate_filled
@@ -245,6 +256,7 @@ def resume_train(args) -> int:
         e.epi_fast_detail = f"before training resumed; {path} is as it was"  # type: ignore[attr-defined]
         raise
     run.outdir = os.path.abspath(path)
+    _remove_temporaries(run.outdir)
     print(f"resuming {path} after epoch {run.epochs_completed} of {rargs.epochs}", file=sys.stderr)
     try:
         run.write_progress()  # "running", by this process
