@@ -61,9 +61,10 @@ def _checkpoint_epochs(out):
     return torch.load(out / CHECKPOINT, weights_only=True)["epochs_completed"]
 
 
-def _stopped_run(out, args, epoch, sig):
-    """Start `epi-fast train` in a process, wait until its checkpoint.pt records `epoch`, send
-    `sig`; returns the epochs the checkpoint holds then, and the exit status."""
+def _stopped_run(out, args, epoch, sig, while_running=None):
+    """Start `epi-fast train` in a process, wait until its checkpoint.pt records `epoch`, call
+    `while_running()`, send `sig`; returns the epochs the checkpoint holds then, and the exit
+    status."""
 
     def child_setup():
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # as from a terminal, also under `&`
@@ -84,6 +85,8 @@ def _stopped_run(out, args, epoch, sig):
                 if _checkpoint_epochs(out) >= epoch:
                     break
             time.sleep(0.01)
+        if while_running is not None:
+            while_running()
         proc.send_signal(sig)
         rc = proc.wait(timeout=60)
     finally:
@@ -117,12 +120,20 @@ def _assert_same_run(resumed, baseline):
 
 @pytest.mark.parametrize("task", list(TASKS))
 @pytest.mark.parametrize("when", ["before", "after"])
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, baseline, task, when):
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, baseline, task, when, capsys):
     prune_epoch = json.loads((baseline[task] / "summary.json").read_text())["prune_epoch"]
     assert prune_epoch is not None and 2 <= prune_epoch <= 4
     out = tmp_path / "run"
     epoch = 1 if when == "before" else prune_epoch + 1
-    got, rc = _stopped_run(out, TASKS[task], epoch, signal.SIGKILL)
+    refused = []
+
+    def resume_while_it_runs():  # refused: the directory belongs to a live process
+        refused.append(main(["train", "--resume", str(out), "--no-progress"]))
+
+    check = resume_while_it_runs if (task, when) == ("classify", "before") else None
+    got, rc = _stopped_run(out, TASKS[task], epoch, signal.SIGKILL, check)
+    if check is not None:
+        assert refused == [2] and "still in progress" in capsys.readouterr().err
     assert rc == -signal.SIGKILL
     assert (got < prune_epoch) if when == "before" else (prune_epoch < got < 6), got
     assert json.loads((out / "summary.json").read_text())["status"] == "running"
