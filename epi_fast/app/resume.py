@@ -153,7 +153,6 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
 
 def restore(run, ckpt: Dict[str, Any]) -> None:
     """Put `run` (just built from the stored arguments) in the state of `ckpt`."""
-    from .cli import make_pruner
     from .training import make_optimizer, make_scheduler
     from ..surgery.serialize import restore_payload
 
@@ -161,10 +160,15 @@ def restore(run, ckpt: Dict[str, Any]) -> None:
     state = ckpt["pruner"]
     restore_payload(ckpt["model"], s.model)  # narrowed in place when the checkpoint is after the prune
     if state["pruned"]:
-        # The optimizer, schedule and pruner built around the dense network hold its parameters.
+        # The optimizer and schedule built around the dense network hold its parameters.
         s.optimizer = make_optimizer(s.model, args.lr, args.momentum, args.weight_decay, args.optimizer)
         s.scheduler = make_scheduler(s.optimizer, args.epochs, s.steps_per_epoch, args.warmup_epochs)
-        s.pruner = make_pruner(args, s.model, s.optimizer, s.example)
+        # The pruner built around the dense network holds the same module, now narrowed in
+        # place, which is what a post-prune state is loaded into. A new EPIPruner around the
+        # narrowed network would check the target against it, and a --target params/flops
+        # ratio is not reachable again from the pruned network (a ValueError). After the prune
+        # the pruner no longer uses the optimizer; it is given the new one all the same.
+        s.pruner.optimizer = s.optimizer
     # The schedule was built first: building one sets the optimizer's learning rates.
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.scheduler.load_state_dict(ckpt["scheduler"])

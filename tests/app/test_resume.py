@@ -153,6 +153,35 @@ def test_ctrl_c_then_resume(tmp_path, baseline, task, capsys):
     _assert_same_run(out, baseline[task])
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--epochs", "3", "--target", "flops", "--round-to", "4"],
+        ["--task", "lm", "--model", "llama_micro", "--seq-len", "32", "--steps-per-epoch", "5", "--batch-size", "8",
+         "--epochs", "3", "--target", "params"],
+    ],
+    ids=["classify-flops", "lm-params"],
+)
+def test_killed_after_the_last_checkpoint_writes_the_final_files(tmp_path, args):
+    # As if killed after the last epoch's checkpoint, before model.pt and the plots: the resume
+    # trains nothing and writes them. A params/flops target is not reachable again from the
+    # pruned network: the resume must not ask the pruner to reach it.
+    d, ref = tmp_path / "run", tmp_path / "ref"
+    common = ["--window", "1", "--patience", "0", "--deadline-epoch", "2", "--threads", "1", "--no-progress", *args]
+    assert main(["train", "--out", str(ref), *common]) == 0
+    shutil.copytree(ref, d)
+    for name in ("model.pt", "epi_curve.png", "perplexity.png"):
+        if (d / name).exists():
+            os.unlink(d / name)
+    summary = json.loads((d / "summary.json").read_text())
+    (d / "summary.json").write_text(json.dumps({**summary, "status": "running", "process": {}}))
+    assert main(["train", "--resume", str(d), "--no-progress"]) == 0
+    assert sorted(os.listdir(d)) == sorted(os.listdir(ref))
+    _assert_same_run(d, ref)
+    a, b = torch.load(d / "model.pt", weights_only=True), torch.load(ref / "model.pt", weights_only=True)
+    assert a["modules"] == b["modules"] and all(torch.equal(a["state_dict"][k], v) for k, v in b["state_dict"].items())
+
+
 def test_checkpoint_loads_weights_only(baseline):
     ckpt = torch.load(baseline["classify"] / CHECKPOINT, weights_only=True)
     assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["epochs_completed"] == 6 and len(ckpt["metrics"]) == 6
