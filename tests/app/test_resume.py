@@ -255,3 +255,22 @@ def test_out_is_required_without_resume(capsys):
     assert main(["train", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "required: --out" in err
+
+
+def test_a_relative_data_path_is_found_from_where_the_run_started(tmp_path, monkeypatch):
+    start, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    start.mkdir()
+    elsewhere.mkdir()
+    (start / "notes.txt").write_text("".join(f"The pruned network {i} keeps its heads while channels settle.\n"
+                                             for i in range(300)))
+    monkeypatch.chdir(start)
+    assert main(["train", "--out", "run", "--task", "lm", "--model", "llama_micro", "--seq-len", "32", "--data",
+                 "notes.txt", "--steps-per-epoch", "3", "--batch-size", "4", "--epochs", "2", "--window", "1",
+                 "--threads", "1", "--no-progress"]) == 0
+    summary = json.loads((start / "run" / "summary.json").read_text())
+    assert summary["working_directory"] == str(start) and summary["arguments"]["data"] == "notes.txt"
+    (start / "run" / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--resume", str(start / "run"), "--no-progress"]) == 0
+    after = json.loads((start / "run" / "summary.json").read_text())
+    assert after["status"] == "completed" and after["arguments"]["data"] == str(start / "notes.txt")
