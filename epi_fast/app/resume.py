@@ -22,9 +22,10 @@ import argparse
 import os
 import random
 import sys
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Sequence
 
 from .cli import UsageError
+from .training import TASK_DEFAULTS
 
 __all__ = ["CHECKPOINT", "CHECKPOINT_FORMAT", "RESUME_OPTIONS", "check_train_options", "write_checkpoint",
            "read_checkpoint", "restore", "resume_train"]
@@ -33,7 +34,8 @@ CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "epi_fast.checkpoint/1"
 # The options `--resume` may be given with (dests); everything else comes from summary.json.
 RESUME_OPTIONS = ("resume", "no_progress", "threads", "debug")
-_BUILTIN_DATA = ("digits", "pydoc-topics")
+# The built-in data sets' names (not paths).
+_BUILTIN_DATA = tuple(sorted({d["data"] for d in TASK_DEFAULTS.values()}))
 
 
 # -- the command line ----------------------------------------------------------------------------
