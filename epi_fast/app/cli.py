@@ -133,7 +133,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--workers", type=argtypes.non_negative_int, default=0, help="DataLoader worker processes (default %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="seeds the split, the initialisation and the batch order (default %(default)s)")
     g = p.add_argument_group("output")
-    g.add_argument("--out", required=True, help="run directory to create (summary.json, metrics.jsonl, epi_curve.png, model.pt; lm: also perplexity.png)")
+    g.add_argument("--out", default=None,
+                   help="run directory to create (summary.json, metrics.jsonl, checkpoint.pt, epi_curve.png, model.pt; lm: also "
+                   "perplexity.png); required unless --resume")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the stopped run in RUN_DIR from its checkpoint.pt, with the arguments it was started with "
+                   "(only --no-progress, --threads and --debug may be given with it)")
     g.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier run directory of this tool (it carries the .epi-fast-run marker and nothing else but the tool's files); anything else is refused")
     g.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -200,20 +205,30 @@ def _inside(path: str, folder: str) -> bool:
 
 def _validate_train(args) -> None:
     """Every check that can fail before any work starts: these are usage errors (exit 2)."""
-    import torch
-
-    from .data import detect_format
     from .rundir import RunDirRefused, check_out
     from .training import fill_defaults
-    from ..models import LM_MODEL_NAMES
-    from ..policy.pruner import default_tau
 
+    if args.out is None:
+        raise UsageError("the following arguments are required: --out (or --resume RUN_DIR)")
     try:
         check_out(args.out, args.overwrite)
     except RunDirRefused as e:
         raise UsageError(str(e)) from None
     _check_task_options(args)
     fill_defaults(args)
+    validate_filled(args)
+
+
+def validate_filled(args) -> None:
+    """The checks of `_validate_train` on arguments with their defaults filled in (what a
+    `--resume` reads back from summary.json is checked with these again: the data may have
+    moved, CUDA may be missing)."""
+    import torch
+
+    from .data import detect_format
+    from ..models import LM_MODEL_NAMES
+    from ..policy.pruner import default_tau
+
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
@@ -291,6 +306,21 @@ def _padded(values: Sequence[Optional[float]], length: int) -> List[Optional[flo
     return list(values)[:length] + [None] * max(0, length - len(values))
 
 
+def make_pruner(args, model, optimizer, example):
+    """The run's `EPIPruner` around `model` (the dense one, or on --resume the pruned one)."""
+    from ..policy.pruner import EPIPruner
+
+    try:
+        return EPIPruner(
+            model, optimizer, args.ratio, example, criterion=args.criterion, window=args.window, tau=args.tau,
+            patience=args.patience, track_ratios=args.track_ratios, deadline_epoch=args.deadline_epoch,
+            min_keep=args.min_keep, reduce=args.group_reduce, target=args.target,
+            max_layer_ratio=args.max_layer_ratio, round_to=args.round_to,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 class _Setup:
     """Everything a run needs, built before anything is written: a failure here leaves --out
     (and an earlier run there) as it was."""
@@ -302,7 +332,6 @@ class _Setup:
         from .data import DataFormatError, load_dataset
         from .training import make_optimizer, make_scheduler
         from ..models import VIT_MODEL_NAMES, build_model
-        from ..policy.pruner import EPIPruner
 
         torch.set_num_threads(args.threads or _default_threads(args.data, args.task))
         _seed_everything(args.seed)
@@ -349,16 +378,9 @@ class _Setup:
             # bfloat16 has float32's range: no loss scaling needed on the CPU.
             self.scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
 
-        example = data.example_input(1).to(device)
-        try:
-            self.pruner = EPIPruner(
-                model, self.optimizer, args.ratio, example, criterion=args.criterion, window=args.window, tau=args.tau,
-                patience=args.patience, track_ratios=args.track_ratios, deadline_epoch=args.deadline_epoch,
-                min_keep=args.min_keep, reduce=args.group_reduce, target=args.target,
-                max_layer_ratio=args.max_layer_ratio, round_to=args.round_to,
-            )
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+        self.example = data.example_input(1).to(device)
+        self.data_generator = gen  # fixes the batch order: part of a checkpoint
+        self.pruner = make_pruner(args, model, self.optimizer, self.example)
         # Sizes of the dense network, counted once (the pruner's report recounts them while unpruned).
         self.dense_report = self.pruner.report()
 
@@ -379,6 +401,8 @@ class _Run:
         self.warnings: List[str] = []
         self.train_seconds = 0.0
         self._t_start: Optional[float] = None
+        self.working_directory = os.getcwd()
+        self.resumed_after_epochs: List[int] = []
 
     @property
     def epochs_completed(self) -> int:
@@ -449,7 +473,11 @@ class _Run:
             "threads": torch.get_num_threads(),
             "group_reduce": args.group_reduce,
             # The command line as parsed (defaults filled in), for a later --resume.
-            "arguments": {k: v for k, v in sorted(vars(args).items()) if k not in ("func", "command", "debug")},
+            "arguments": {k: v for k, v in sorted(vars(args).items()) if k not in ("func", "command", "debug", "resume")},
+            # Where relative paths among the arguments (--data) were given from.
+            "working_directory": self.working_directory,
+            # The epochs completed when each --resume of this run started.
+            "resumed_after_epochs": list(self.resumed_after_epochs),
         })
         out.update(self.task_summary())
         return out
@@ -544,12 +572,28 @@ class _Run:
                 tqdm.write(f"epi-fast train: warning: {late}", file=sys.stderr)
         if not math.isfinite(record["loss"]):
             raise RuntimeError(f"training diverged at epoch {epoch} (loss is {record['loss']}); try a smaller --lr")
+        self.end_epoch()
+
+    def end_epoch(self) -> None:
+        """checkpoint.pt first, then metrics.jsonl and summary.json: a run killed between them
+        resumes from the checkpoint, whose metrics replace the files'."""
+        from .resume import write_checkpoint
+
+        write_checkpoint(self)
         self.write_progress()
 
     def train(self) -> None:
-        self._t_start = time.perf_counter()
-        for epoch in range(1, self.args.epochs + 1):
+        # A resumed run goes on from the epoch after its checkpoint, its clock from train_seconds.
+        self._t_start = time.perf_counter() - self.train_seconds
+        for epoch in range(self.epochs_completed + 1, self.args.epochs + 1):
             self._epoch(epoch)
+
+    def task_checkpoint(self) -> Dict[str, Any]:
+        """Entries of checkpoint.pt that only this task has."""
+        return {}
+
+    def load_task_checkpoint(self, ckpt: Dict[str, Any]) -> None:
+        """Restore `task_checkpoint`'s entries."""
 
     def finish(self) -> Dict[str, Any]:
         from . import report as rep
@@ -602,6 +646,10 @@ class _Run:
 def run_train(args) -> int:
     from .rundir import RunDirRefused, start
 
+    if args.resume is not None:
+        from .resume import resume_train
+
+        return resume_train(args)
     _validate_train(args)
     if args.task == "lm":
         from .lm import LMRun as run_class, LMSetup as setup_class
@@ -657,6 +705,14 @@ def _main(argv: List[str], debug: bool) -> int:
         parser.print_usage(sys.stderr)
         return 2
     prog = f"epi-fast {args.command}"
+    if args.command == "train":
+        from .resume import check_train_options
+
+        try:
+            check_train_options(argv, args)
+        except UsageError as e:
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            return 2
     args.debug = debug
     func = getattr(args, "func", None)
     if func is None:  # a subcommand registered without set_defaults(func=...)

@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Any, Dict, Optional
 
-from .cli import UsageError, _Run, _default_threads, _ratio_key, _seed_everything
+from .cli import UsageError, _Run, _default_threads, _ratio_key, _seed_everything, make_pruner
 
 __all__ = ["GRAD_CLIP", "EVAL_BATCH", "validate_lm", "LMSetup", "LMRun", "validation_windows", "evaluate_lm"]
 
@@ -99,7 +99,6 @@ class LMSetup:
 
         from ..models import build_model
         from ..models.transformer import BYTE_VOCAB
-        from ..policy.pruner import EPIPruner
         from .text_data import load_text
         from .training import make_optimizer, make_scheduler
 
@@ -120,6 +119,7 @@ class LMSetup:
         self.train_tokens = data.train.to(device)
         self.val_windows = validation_windows(data.val, args.seq_len)
         self.generator = torch.Generator().manual_seed(args.seed)
+        self.data_generator = self.generator  # fixes the windows drawn: part of a checkpoint
         self.steps_per_epoch = args.steps_per_epoch
         self.optimizer = make_optimizer(model, args.lr, args.momentum, args.weight_decay, args.optimizer)
         self.scheduler = make_scheduler(self.optimizer, args.epochs, self.steps_per_epoch, args.warmup_epochs)
@@ -130,15 +130,7 @@ class LMSetup:
             self.scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
         # One window: the structure trace, and FLOPs per token (divided by its tokens).
         self.example = torch.zeros(1, args.seq_len, dtype=torch.long, device=device)
-        try:
-            self.pruner = EPIPruner(
-                model, self.optimizer, args.ratio, self.example, criterion=args.criterion, window=args.window,
-                tau=args.tau, patience=args.patience, track_ratios=args.track_ratios, deadline_epoch=args.deadline_epoch,
-                min_keep=args.min_keep, reduce=args.group_reduce, target=args.target,
-                max_layer_ratio=args.max_layer_ratio, round_to=args.round_to,
-            )
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+        self.pruner = make_pruner(args, model, self.optimizer, self.example)
         self.dense_report = self.pruner.report()
 
     def batch(self, batch_size: int, seq_len: int):
@@ -201,8 +193,15 @@ class LMRun(_Run):
 
     def train(self) -> None:
         s = self.s
-        self.initial = evaluate_lm(s.model, s.val_windows, s.device, s.amp_dtype)
+        if self.initial is None:  # a resumed run has it from its checkpoint
+            self.initial = evaluate_lm(s.model, s.val_windows, s.device, s.amp_dtype)
         super().train()
+
+    def task_checkpoint(self) -> Dict[str, Any]:
+        return {"initial": self.initial}
+
+    def load_task_checkpoint(self, ckpt: Dict[str, Any]) -> None:
+        self.initial = ckpt.get("initial")
 
     def _epoch(self, epoch: int) -> None:
         import torch
@@ -293,7 +292,7 @@ class LMRun(_Run):
                 tqdm.write(f"epi-fast train: warning: {late}", file=sys.stderr)
         if not math.isfinite(train_loss):
             raise RuntimeError(f"training diverged at epoch {epoch} (loss is {train_loss}); try a smaller --lr")
-        self.write_progress()
+        self.end_epoch()
 
     # -- the end ---------------------------------------------------------------------------
 

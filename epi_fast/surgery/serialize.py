@@ -224,10 +224,19 @@ def save_pruned(model: nn.Module, path, arch=None) -> str:
     `epi_fast.models.build_model` needs to build the dense model, e.g.
     ``{"name": "resnet_small", "kwargs": {"num_classes": 10, "in_channels": 1}}``; without it,
     `load_pruned` needs a dense instance. Returns the path written."""
-    model = unwrap_model(model)
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "model.pt")
+    payload = model_payload(model, arch)
+    atomic_write(path, lambda f: torch.save(payload, f))
+    return path
+
+
+def model_payload(model: nn.Module, arch=None) -> dict:
+    """What `save_pruned` writes: the format header, the architecture, the saved shapes of every
+    module and the state_dict (on the CPU); plain containers and tensors only, so it loads with
+    torch.load(weights_only=True). `restore_payload` reads it back into a dense instance."""
+    model = unwrap_model(model)
     modules, channels = {}, {}
     for name, m in model.named_modules():
         attrs = _module_attrs(m)
@@ -243,8 +252,7 @@ def save_pruned(model: nn.Module, path, arch=None) -> str:
         "modules": modules,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    atomic_write(path, lambda f: torch.save(payload, f))
-    return path
+    return payload
 
 
 def _describe(payload: Any) -> str:
@@ -352,6 +360,19 @@ def load_pruned(path, model: Optional[nn.Module] = None, map_location="cpu") -> 
         from ..models import build_model
 
         model = build_model(arch["name"], **arch.get("kwargs", {}))
+    model = unwrap_model(model)
+    state = payload["state_dict"]
+    _shrink(model, payload["modules"], state)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise ValueError(f"the saved weights do not fit the rebuilt model: {describe_mismatch(model, state)}") from None
+    return model
+
+
+def restore_payload(payload: dict, model: nn.Module) -> nn.Module:
+    """Narrow the dense `model` in place to the shapes of a `model_payload` and load its weights
+    (what `load_pruned` does with a file). Returns the model; ValueError if they do not fit."""
     model = unwrap_model(model)
     state = payload["state_dict"]
     _shrink(model, payload["modules"], state)

@@ -33,7 +33,7 @@ def run(tmp_path_factory):
 
 
 def test_outputs_and_summary_keys(run):
-    assert sorted(os.listdir(run)) == ["epi_curve.png", "metrics.jsonl", "model.pt", "summary.json"]
+    assert sorted(os.listdir(run)) == ["checkpoint.pt", "epi_curve.png", "metrics.jsonl", "model.pt", "summary.json"]
     s = json.loads((run / "summary.json").read_text())
     for key in ("ratio", "criterion", "window", "tau", "patience", "prune_epoch", "prune_reason", "epi",
                 "epi_tracked", "params_before", "params_after", "flops_before", "flops_after", "top1_final",
@@ -208,7 +208,7 @@ def test_a_failure_marks_the_run_failed_and_keeps_it(tmp_path, monkeypatch, caps
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "failed" and s["epochs_completed"] == 1 and "the disk caught fire" in s["error"]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
-    assert sorted(os.listdir(out)) == ["metrics.jsonl", "summary.json"]
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "metrics.jsonl", "summary.json"]
     # A failed run is the tool's own: --overwrite replaces it.
     monkeypatch.setattr(cli, "_evaluate", evaluate)
     assert _train(out, "--overwrite", "--epochs", "1", "--window", "1") == 0
@@ -292,7 +292,7 @@ def test_an_early_prune_does_not_warn(run, capsys):
 def test_out_in_missing_parents_is_created(tmp_path):
     out = tmp_path / "a" / "b" / "run"
     assert _train(out, "--epochs", "1", "--window", "1") == 0
-    assert sorted(os.listdir(out)) == ["epi_curve.png", "metrics.jsonl", "model.pt", "summary.json"]
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "epi_curve.png", "metrics.jsonl", "model.pt", "summary.json"]
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -371,7 +371,7 @@ def test_readme_command_twice_in_a_row(tmp_path, monkeypatch, capsys):
     for _ in range(2):
         assert main(["train", "--out", "runs/digits", "--overwrite", *TINY]) == 0
         assert "results in runs/digits" in capsys.readouterr().out
-    assert sorted(os.listdir(tmp_path / "runs" / "digits")) == ["epi_curve.png", "metrics.jsonl", "model.pt", "summary.json"]
+    assert sorted(os.listdir(tmp_path / "runs" / "digits")) == ["checkpoint.pt", "epi_curve.png", "metrics.jsonl", "model.pt", "summary.json"]
     assert os.listdir(tmp_path) == ["runs"]
 
 

@@ -55,7 +55,7 @@ def run(tmp_path_factory):
 
 
 def test_run_directory_and_summary(run):
-    assert sorted(os.listdir(run)) == ["epi_curve.png", "metrics.jsonl", "model.pt", "perplexity.png", "summary.json"]
+    assert sorted(os.listdir(run)) == ["checkpoint.pt", "epi_curve.png", "metrics.jsonl", "model.pt", "perplexity.png", "summary.json"]
     s = json.loads((run / "summary.json").read_text())
     for key in CONTRACT_KEYS + LM_KEYS:
         assert key in s, key

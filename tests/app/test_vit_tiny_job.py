@@ -46,7 +46,7 @@ def run(tmp_path_factory):
 
 
 def test_the_train_job_prunes_heads_and_mlp_channels(run):
-    assert sorted(os.listdir(run)) == ["epi_curve.png", "metrics.jsonl", "model.pt", "summary.json"]
+    assert sorted(os.listdir(run)) == ["checkpoint.pt", "epi_curve.png", "metrics.jsonl", "model.pt", "summary.json"]
     s = json.loads((run / "summary.json").read_text())
     assert s["task"] == "classify" and s["model"] == "vit_tiny" and s["optimizer"] == "sgd"
     assert s["prune_reason"] in ("epi", "deadline") and 2 <= s["prune_epoch"] <= 3
