@@ -93,6 +93,9 @@ class EPIPruner:
             criterion=Taylor(mode).
         process_group: the group to agree in when the model is not DDP-wrapped but the job is
             distributed; a DDP wrapper's own group is used otherwise.
+        state: a `state_dict()` to resume from, loaded here. After the prune, pass it here
+            (around the pruned model) rather than to `load_state_dict`: nothing is traced
+            then, so a pruned network that cannot meet a params or FLOPs ratio again is fine.
 
     Distributed: the structure each epoch is computed from rank 0's scores and broadcast (one
     small collective per epoch, int64 [ratios x layers]); every rank then runs the same
@@ -126,6 +129,7 @@ class EPIPruner:
         total_epochs: Optional[int] = None,
         taylor_mode: Optional[str] = None,
         process_group: Any = None,
+        state: Optional[Dict[str, Any]] = None,
     ) -> None:
         self.config = PrunerConfig.build(
             ratio, criterion=criterion, window=window, tau=tau, patience=patience, track_ratios=track_ratios,
@@ -141,9 +145,18 @@ class EPIPruner:
         self.optimizer = optimizer
         self.example_inputs = example_inputs
         self._sync = rank_zero_for(model, self.module, process_group)
-        self.tracker: Optional[StructureTracker] = StructureTracker(self.module, example_inputs, self.config, self._sync)
-        self._bank: IndicatorBank = self.tracker.bank
-        self.layers: List[str] = list(self.tracker.layers)
+        saved = _upgrade_state(state) if state is not None else None
+        if saved is not None and saved["pruned"]:
+            # Resuming after the prune: nothing is tracked any more, and the pruned network need
+            # not meet the ratio again (a params or FLOPs target usually cannot).
+            self.tracker: Optional[StructureTracker] = None
+            self._bank: IndicatorBank = IndicatorBank(self.config.ratios, window=self.config.window,
+                                                      tau=self.config.tau, patience=self.config.patience)
+            self.layers: List[str] = list(saved["config"].get("layers", []))
+        else:
+            self.tracker = StructureTracker(self.module, example_inputs, self.config, self._sync)
+            self._bank = self.tracker.bank
+            self.layers = list(self.tracker.layers)
 
         self._epoch = 0
         self._skipped_after_tracking = 0
@@ -153,6 +166,8 @@ class EPIPruner:
         self._prune_reason: Optional[str] = None
         self._kept_counts: Optional[List[int]] = None
         self._prune_report: Dict[str, Any] = {}
+        if saved is not None:
+            self.load_state_dict(saved)
 
     # -- configuration, read-only ---------------------------------------------------------------
     @property

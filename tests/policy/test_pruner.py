@@ -322,3 +322,27 @@ def test_epi_tracks_the_structures_of_the_target_limits_and_rounding_it_prunes(c
     achieved = 1 - sum(p.numel() for p in pruner.module.parameters()) / dense
     assert abs(achieved - 0.5) <= 0.01 and pruner.report()["achieved"] == pytest.approx(achieved)
     assert pruner.report()["target"] == "params"
+
+
+def test_a_pruned_run_resumes_through_the_constructor_even_when_the_target_is_out_of_reach(tmp_path):
+    """After a prune to half the parameters, the pruned network cannot lose half again within
+    the limits; `state=` resumes it without tracing it."""
+    import epi_fast
+    from epi_fast.models import build_model
+    from epi_fast.policy import EPIPruner
+
+    torch.manual_seed(0)
+    model = build_model("resnet_small", num_classes=10, in_channels=1)
+    x = torch.zeros(1, 1, 8, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pruner = EPIPruner(model, opt, 0.5, x, target="params", deadline_epoch=1)
+    assert pruner.epoch_end() and pruner.pruned
+    state = pruner.state_dict()
+    path = epi_fast.save_pruned(model, tmp_path / "m.pt", arch={"name": "resnet_small",
+                                                                "kwargs": {"num_classes": 10, "in_channels": 1}})
+    pruned = epi_fast.load_pruned(path)
+    again = EPIPruner(pruned, torch.optim.SGD(pruned.parameters(), lr=0.1), 0.5, x, target="params",
+                      deadline_epoch=1, state=state)
+    assert again.pruned and again.prune_epoch == 1 and again.kept_counts == pruner.kept_counts
+    assert again.epi_history == pruner.epi_history
+    assert not again.epoch_end()  # after the prune an epoch only counts
