@@ -96,3 +96,19 @@ def test_whole_heads_go_not_parts_of_them():
         assert layer.mlp.down_proj.out_features == 32
     assert pruned.model.embed_tokens.weight.shape == dense.model.embed_tokens.weight.shape
     assert pruned.lm_head.weight.shape == dense.lm_head.weight.shape
+
+
+def test_vit_b_16_pruned_equals_masked():
+    """The full-size torchvision ViT-B/16 (12 layers of 12 heads, MLP 3072) at 224x224."""
+    import torchvision
+
+    torch.manual_seed(4)
+    dense = torchvision.models.vit_b_16().eval()
+    x = torch.randn(1, 3, 224, 224)
+    layout = group_layout(dense, x)
+    assert layout.group_sizes == [12, 3072] * 12
+    scores = get_criterion("l2").group_scores(layout)
+    keep = Selector(layout).select(scores, [0.5]).masks[0]
+    pruned = _check_equivalent(dense, x, keep, layout, atol=1e-4)
+    assert [layer.self_attention.num_heads for layer in pruned.encoder.layers] == \
+        [int(keep[o:o + 12].sum()) for o in layout.offsets[0::2]]
