@@ -492,6 +492,32 @@ class _Run:
         rep.write_jsonl(self._path("metrics.jsonl"), self.metrics)
         rep.write_json(self._path("summary.json"), self.summary(status, **extra))
 
+    # Gradients clipped to this norm before the step (None: not clipped); a task may set it.
+    clip_norm: Optional[float] = None
+
+    def _step(self, loss) -> None:
+        """One optimizer step: backward (scaled under AMP on CUDA), the pruner's accumulate on
+        unscaled gradients, clipping, the step, the schedule."""
+        import torch
+
+        s = self.s
+        optimizer, scaler = s.optimizer, s.scaler
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        s.pruner.accumulate()
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(s.model.parameters(), self.clip_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        s.scheduler.step()
+
     def _epoch(self, epoch: int) -> None:
         import torch
         import torch.nn.functional as F
@@ -500,7 +526,7 @@ class _Run:
         from ..policy.decision import late_prune_message
 
         args, s = self.args, self.s
-        model, optimizer, pruner, device, amp_dtype, scaler = s.model, s.optimizer, s.pruner, s.device, s.amp_dtype, s.scaler
+        model, optimizer, pruner, device, amp_dtype = s.model, s.optimizer, s.pruner, s.device, s.amp_dtype
         t_epoch = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -514,18 +540,7 @@ class _Run:
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = model(x)
                     loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    pruner.accumulate()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    pruner.accumulate()
-                    optimizer.step()
-                s.scheduler.step()
+                self._step(loss)
                 # Device-side sums: no host sync per step.
                 loss_sum += loss.detach().float() * y.numel()
                 correct += (logits.detach().argmax(1) == y).sum()
@@ -668,6 +683,12 @@ def run_train(args) -> int:
     except KeyboardInterrupt as e:
         e.epi_fast_detail = "before training started"  # type: ignore[attr-defined]
         raise
+    return train_to_end(run, args.out)
+
+
+def train_to_end(run, where: str) -> int:
+    """Train `run` to its last epoch and write its final files (a stop is recorded in the run
+    directory and raised on)."""
     try:
         run.train()
         summary = run.finish()
@@ -675,7 +696,7 @@ def run_train(args) -> int:
         run.record_stop(e)
         raise
     print(run.final_line(summary))
-    print(f"results in {args.out}")
+    print(f"results in {where}")
     return 0
 
 

@@ -145,6 +145,8 @@ class LMSetup:
 class LMRun(_Run):
     """One lm run in its run directory (see `cli._Run`)."""
 
+    clip_norm = GRAD_CLIP
+
     def __init__(self, args, setup: LMSetup) -> None:
         super().__init__(args, setup)
         self.initial: Optional[Dict[str, float]] = None
@@ -211,7 +213,7 @@ class LMRun(_Run):
         from ..policy.decision import late_prune_message
 
         args, s = self.args, self.s
-        model, optimizer, pruner, device, amp_dtype, scaler = s.model, s.optimizer, s.pruner, s.device, s.amp_dtype, s.scaler
+        model, optimizer, pruner, device, amp_dtype = s.model, s.optimizer, s.pruner, s.device, s.amp_dtype
         t_epoch = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -223,20 +225,7 @@ class LMRun(_Run):
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = model(input_ids=xy[:, :-1], use_cache=False).logits
                     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), xy[:, 1:].reshape(-1))
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    pruner.accumulate()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    pruner.accumulate()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-                    optimizer.step()
-                s.scheduler.step()
+                self._step(loss)
                 loss_sum += loss.detach().float()
                 bar.update(1)
             train_loss = float(loss_sum) / s.steps_per_epoch  # the one host sync of the epoch

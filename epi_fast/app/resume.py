@@ -24,7 +24,7 @@ import random
 import sys
 from typing import Any, Dict, Sequence
 
-from .cli import UsageError
+from .cli import UsageError, train_to_end
 from .training import TASK_DEFAULTS
 
 __all__ = ["CHECKPOINT", "CHECKPOINT_FORMAT", "RESUME_OPTIONS", "check_train_options", "write_checkpoint",
@@ -266,11 +266,7 @@ def resume_train(args) -> int:
     print(f"resuming {path} after epoch {run.epochs_completed} of {rargs.epochs}", file=sys.stderr)
     try:
         run.write_progress()  # "running", by this process
-        run.train()
-        summary = run.finish()
     except BaseException as e:
         run.record_stop(e)
         raise
-    print(run.final_line(summary))
-    print(f"results in {path}")
-    return 0
+    return train_to_end(run, path)

@@ -29,7 +29,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Optional
 
 import torch
