@@ -360,14 +360,7 @@ def load_pruned(path, model: Optional[nn.Module] = None, map_location="cpu") -> 
         from ..models import build_model
 
         model = build_model(arch["name"], **arch.get("kwargs", {}))
-    model = unwrap_model(model)
-    state = payload["state_dict"]
-    _shrink(model, payload["modules"], state)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError:
-        raise ValueError(f"the saved weights do not fit the rebuilt model: {describe_mismatch(model, state)}") from None
-    return model
+    return restore_payload(payload, model)
 
 
 def restore_payload(payload: dict, model: nn.Module) -> nn.Module:
