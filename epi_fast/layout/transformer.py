@@ -38,7 +38,7 @@ from .groups import LayoutGroup, Member, Source
 
 __all__ = [
     "Block", "Slice", "HeadGroup", "MlpGroup", "ResidualGroup", "residual_block", "register_attention", "unregister_attention", "register_mlp",
-    "attention_adapters", "guard_fused_paths",
+    "guard_fused_paths",
     "find_transformer_groups", "HeadPrunedMultiheadAttention",
 ]
 
@@ -113,10 +113,6 @@ def _unregister(table, adapter) -> None:
 def register_mlp(match, adapter: Adapter) -> None:
     """Teach the layout an MLP module (see `register_attention`; neurons: hidden channels)."""
     _MLP.insert(0, (_matcher(match), adapter))
-
-
-def attention_adapters() -> List[Tuple[Callable[[nn.Module], bool], Adapter]]:
-    return list(_ATTENTION)
 
 
 # -- built-in adapters --------------------------------------------------------------------------
