@@ -17,7 +17,7 @@ LAYER = {
     "criteria": 3, "indicator": 3, "targets": 3,
     "surgery": 4,
     "policy": 5,
-    "integrations": 6,
+    "integrations": 6, "detection": 6,
     "app": 7,
 }
 
