@@ -92,7 +92,7 @@ class DetectionDataset(Dataset):
         return j
 
     def image(self, i: int) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define image(i), the float32 [3, H, W] image i")
 
     def target(self, i: int) -> Dict[str, torch.Tensor]:
         # Copies: a caller (or a transform) that edits a target in place must not edit the set.
@@ -304,8 +304,9 @@ def digit_detection_splits(seed: int = 0, size: int = 64, n_train: int = 2000, n
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-9:
         raise ValueError(f"source_split must be three positive fractions adding up to 1, got {source_split!r}")
     options = {**CANVAS_DEFAULTS, **canvas_options}
+    # Every count checked before the first split is drawn.
+    counts = {split: check_int(n, f"n_{split}", 1) for split, n in zip(_SPLITS, (n_train, n_val, n_test))}
     pools = _source_pools(seed, fractions)
-    counts = {"train": n_train, "val": n_val, "test": n_test}
     return tuple(
         _make(counts[split], seed, size, sources=pool, stream=_STREAM_SPLIT[split],
               name=f"digit-canvases/{split}(seed={seed})", n_name=f"n_{split}", **options)

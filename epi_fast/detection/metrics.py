@@ -6,6 +6,9 @@ mAP@[.5:.95], the mean over the ten IoU thresholds 0.50, 0.55, ..., 0.95; both u
 101-point interpolated precision and at most 100 detections per image, averaged over the
 classes that have a ground-truth box. A measure without any ground truth to count (no large
 objects, say) is None rather than torchmetrics' -1.
+
+The measure is local to the process: in a distributed run nothing is exchanged, so one rank
+may evaluate alone (each rank that evaluates scores the images it was given).
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ def _metric():
     except ImportError as e:
         raise ImportError(f"mAP needs torchmetrics and pycocotools ({e}); install them with "
                           f"pip install 'epi_fast[detection]'") from None
-    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+    # sync_on_compute=False: torchmetrics would otherwise gather every process's images in
+    # compute() whenever torch.distributed is initialised, and a run that evaluates on rank 0
+    # alone would wait there for the other ranks forever.
+    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools", sync_on_compute=False)
 
 
 def _check(kind: str, i: int, d, keys: Sequence[str]) -> Dict[str, torch.Tensor]:

@@ -123,3 +123,48 @@ def test_evaluate_map_on_a_torchvision_detector():
     assert r["images"] == 4
     for key in ("map", "map_50", "map_75", "mar_100"):
         assert 0.0 <= r[key] <= 1.0
+
+
+_DISTRIBUTED = r"""
+import os, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+sys.path.insert(0, sys.argv[2])
+from test_map import _Oracle
+from torch.utils.data import DataLoader
+from epi_fast.detection import detection_collate, evaluate_map, make_digit_canvases
+
+
+def worker(rank, port):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    if rank == 0:  # rank 0 alone evaluates; a collective inside would wait for rank 1 forever
+        ds = make_digit_canvases(4, seed=2)
+        r = evaluate_map(_Oracle(ds, shift=2.0), DataLoader(ds, batch_size=2, collate_fn=detection_collate))
+        print("map_50", r["map_50"], "images", r["images"], flush=True)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(int(sys.argv[1]),), nprocs=2)
+"""
+
+
+def test_evaluate_map_on_one_rank_of_a_distributed_run(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "dist_map.py"
+    script.write_text(_DISTRIBUTED)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=root)
+    out = subprocess.run([sys.executable, str(script), str(port), os.path.dirname(__file__)], env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "map_50 1.0 images 4" in out.stdout, out.stdout
