@@ -23,6 +23,7 @@ parameters left out of FSDP are refused before anything changes.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -52,6 +53,10 @@ def _dtensor_type():
 
 def is_fsdp(model: nn.Module) -> bool:
     """Whether `fully_shard` was applied to `model` or to any of its submodules."""
+    # A model can only be sharded once torch.distributed.fsdp was imported: a single-process
+    # run does not pay for importing it.
+    if "torch.distributed.fsdp" not in sys.modules:
+        return False
     api = _fsdp_api()
     return api is not None and any(isinstance(m, api[1]) for m in model.modules())
 

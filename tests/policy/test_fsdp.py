@@ -296,8 +296,15 @@ def _llama(rank, world, init_file):
     _shard_llama(model)
     make_opt = lambda params: torch.optim.AdamW(params, lr=3e-3, weight_decay=0.01)  # noqa: E731
     opt = make_opt(model.parameters())
-    pruner = EPIPruner(model, opt, 0.5, TOKENS0, criterion="gradient", window=2, patience=1, deadline_epoch=3)
-    result = {}
+    resharded = []
+
+    def reshard(module):  # the user's own wrapping, called on every rank with the pruned plain module
+        resharded.append(type(module).__name__)
+        _shard_llama(module)
+
+    pruner = EPIPruner(model, opt, 0.5, TOKENS0, criterion="gradient", window=2, patience=1, deadline_epoch=3,
+                       reshard_fn=reshard)
+    result = {"resharded": resharded}
     g = torch.Generator().manual_seed(20 + rank)
     data = [torch.randint(0, 256, (4, 16), generator=g) for _ in range(3)]
     dense_ref = _dense_copy(model, "llama_micro", **LLAMA)
@@ -414,6 +421,11 @@ def test_loss_keeps_falling_after_the_prune(results, model):
         assert len(after) >= 3 and after[-1] < after[0], res["losses"]
 
 
+def test_reshard_fn_shards_the_pruned_plain_module(results):
+    for r in results:
+        assert r["llama"]["resharded"] == ["LlamaForCausalLM"]  # once, on the plain (not FSDP) class
+
+
 def test_attention_keeps_whole_key_value_groups(results):
     kv, heads, k_rows = results[0]["llama"]["attn"]
     assert heads == 2 * kv and k_rows == 4 * kv
@@ -488,12 +500,11 @@ def _failing(rank, world, init_file, out_dir, mode):
     F.cross_entropy(net(x), y).backward()
     opt.step()
     if rank == 1:
-        if mode == "hang":
-            flag = init_file + ".done"
-            deadline = time.monotonic() + 90
-            while not os.path.exists(flag) and time.monotonic() < deadline:
-                time.sleep(0.1)
+        # Rank 1 raises once rank 0 is past every earlier collective (a process that exits while
+        # a peer still reads its last message of the training step would fail the peer there).
+        _wait_for(init_file + (".done" if mode == "hang" else ".entering"))
         raise RuntimeError("rank 1 fails on purpose")
+    open(init_file + ".entering", "w").close()
     start = time.monotonic()
     try:
         pruner.epoch_end()
@@ -502,6 +513,12 @@ def _failing(rank, world, init_file, out_dir, mode):
         return {"message": str(exc), "seconds": time.monotonic() - start}
     finally:
         open(init_file + ".done", "w").close()
+
+
+def _wait_for(path, limit=90):
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 _failing_alone = _Rank(_failing, "failing")
