@@ -23,9 +23,11 @@ parameters left out of FSDP are refused before anything changes.
 from __future__ import annotations
 
 import math
+import os
 import sys
+import types
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -223,16 +225,30 @@ def reshard_like(root: nn.Module, settings: List[ShardSettings]) -> nn.Module:
 _MODULE_CONTAINERS = tuple(k for k, v in nn.Module().__dict__.items() if isinstance(v, (dict, set)))
 
 
+_FSDP_DIR = os.path.join("torch", "distributed", "fsdp") + os.sep
+
+
 def _is_fsdp_object(fn: Any) -> bool:
-    """Whether a hook (or what it wraps) was defined by FSDP: FSDP's own hooks are not copied."""
+    """Whether a hook or method (or what it wraps) was defined by FSDP: FSDP's own hooks are not
+    copied. Judged by the defining module and, since FSDP's wrappers copy the wrapped
+    function's __module__ (functools.wraps), by the file of the function's code."""
+    seen = [fn]
     for _ in range(4):
+        owner = getattr(fn, "__self__", None)
+        if owner is not None and type(owner).__module__.startswith("torch.distributed.fsdp"):
+            return True
         inner = getattr(fn, "hook", None) or getattr(fn, "func", None) or getattr(fn, "__func__", None)
         if inner is None or inner is fn:
             break
         fn = inner
-    owner = getattr(fn, "__self__", None)
-    names = [getattr(fn, "__module__", None), type(owner).__module__ if owner is not None else None]
-    return any(isinstance(n, str) and n.startswith("torch.distributed.fsdp") for n in names)
+        seen.append(fn)
+    for f in seen:
+        module = getattr(f, "__module__", None)
+        code = getattr(f, "__code__", None)
+        if (isinstance(module, str) and module.startswith("torch.distributed.fsdp")) or \
+                (code is not None and _FSDP_DIR in code.co_filename):
+            return True
+    return False
 
 
 def _is_fsdp_key(key: str) -> bool:
@@ -292,6 +308,8 @@ def plain_copy(root: nn.Module, param_fn: Callable[[nn.Parameter], torch.Tensor]
                 value = type(value)((k, v) for k, v in value.items() if k not in dropped)
             elif key in _MODULE_CONTAINERS and isinstance(value, set):
                 value = set(value)
+            elif isinstance(value, types.MethodType) and value.__self__ is m:
+                value = types.MethodType(value.__func__, new)  # a method bound to this instance: to the copy
             state[key] = value
         new.__dict__.update(state)
         return new
