@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from .groups import LayoutGroup, Member, Source
 
 __all__ = [
-    "Block", "Slice", "HeadGroup", "MlpGroup", "ResidualGroup", "residual_block", "register_attention", "unregister_attention", "register_mlp",
+    "Block", "Slice", "SliceView", "HeadGroup", "MlpGroup", "ResidualGroup", "residual_block", "register_attention", "unregister_attention", "register_mlp",
     "guard_fused_paths",
     "find_transformer_groups", "HeadPrunedMultiheadAttention",
 ]
@@ -492,13 +492,27 @@ def _sync_features(m: nn.Module) -> None:
         m.nx, m.nf = m.weight.shape
 
 
-def _slice_view(dim: int, offset: int, n: int, width: int):
-    def view(t: torch.Tensor) -> torch.Tensor:
-        part = t.narrow(dim, offset, n * width)
-        if dim != 0:
-            part = part.movedim(dim, 0)
-        return part.reshape(n, -1)
-    return view
+@dataclass(frozen=True)
+class SliceView:
+    """The rows a criterion reads from a sliced parameter: row j is neuron j's slice, indices
+    ``offset + j * width ... offset + (j + 1) * width - 1`` of dimension `dim`, with every other
+    dimension flattened into it. A dataclass rather than a closure so that the sharded scoring
+    (`epi_fast.criteria.sharded`) can map a rank's rows of the parameter to these rows."""
+
+    dim: int
+    offset: int
+    n: int
+    width: int
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        part = t.narrow(self.dim, self.offset, self.n * self.width)
+        if self.dim != 0:
+            part = part.movedim(self.dim, 0)
+        return part.reshape(self.n, -1)
+
+
+def _slice_view(dim: int, offset: int, n: int, width: int) -> SliceView:
+    return SliceView(dim, offset, n, width)
 
 
 class HeadGroup(_SliceGroup):

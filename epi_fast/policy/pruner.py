@@ -17,13 +17,13 @@ counts; the EPI bookkeeping itself is host arithmetic on those integers (`epi_fa
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from ..criteria import criterion_names, get_criterion, gradient_criterion_names
-from ..distributed import is_ddp, rank_zero_for
+from ..distributed import is_ddp, is_fsdp, rank_zero_for
 from ..indicator import IndicatorBank
 from ..layout.transformer import layer_width
 from ..surgery.removal import forget_compiled_graphs, is_compiled
@@ -34,6 +34,7 @@ from ..targets import DEFAULT_MAX_LAYER_RATIO, TOLERANCE
 from ..surgery.optimizer import check_optimizer_holds_model
 from .config import PrunerConfig
 from .decision import LatePruneWarning, late_prune_message, prune_decision
+from .fsdp import ShardedModel
 from .tracker import StructureTracker
 
 __all__ = ["EPIPruner", "CRITERIA", "GRADIENT_CRITERIA", "default_tau"]
@@ -92,7 +93,13 @@ class EPIPruner:
         taylor_mode: 0.1's way to ask for Taylor(mode="abs") with a name; prefer
             criterion=Taylor(mode).
         process_group: the group to agree in when the model is not DDP-wrapped but the job is
-            distributed; a DDP wrapper's own group is used otherwise.
+            distributed; a DDP wrapper's own group is used otherwise (a model sharded with
+            fully_shard agrees over its mesh: a group given must hold the same ranks).
+        reshard_fn: for a model sharded with `fully_shard`: the function that shards the pruned
+            model again, ``reshard_fn(module)``, called on every rank with the pruned plain
+            (unsharded) module; it shards it in place and returns None, or returns the module to
+            train. None: `fully_shard` is applied again to the modules it was applied to, with
+            the settings they had (mesh, reshard_after_forward, mixed precision, offloading).
         state: a `state_dict()` to resume from, loaded here. After the prune, pass it here
             (around the pruned model) rather than to `load_state_dict`: nothing is traced
             then, so a pruned network that cannot meet a params or FLOPs ratio again is fine.
@@ -103,6 +110,14 @@ class EPIPruner:
     indicator state. At the prune, rank 0's scores are broadcast as well so every rank removes
     the very same channels. The DDP wrapper does not survive a change of parameter shapes:
     after `epoch_end()` returns True, wrap `pruner.module` in a new DDP (docs/EPI_USAGE.md).
+
+    FSDP2: a model sharded with `fully_shard` (every parameter a DTensor on `Shard(0)` of one
+    1-D mesh) is traced once on a gathered copy at construction; each epoch every rank scores
+    its own shards and the ranks add their O(channels) score buffers (one all-reduce, never a
+    weight; Taylor adds one small all-reduce per step). At the prune the model is gathered (one
+    full copy), pruned, sharded again (`reshard_fn`) and the optimizer carried over in place.
+    The model passed in is left as it was: train `pruner.module` after `epoch_end()` returns
+    True (`epi_fast.policy.fsdp`, docs/EPI_USAGE.md).
     """
 
     def __init__(
@@ -130,6 +145,7 @@ class EPIPruner:
         taylor_mode: Optional[str] = None,
         process_group: Any = None,
         state: Optional[Dict[str, Any]] = None,
+        reshard_fn: Optional[Callable[[nn.Module], Any]] = None,
     ) -> None:
         self.config = PrunerConfig.build(
             ratio, criterion=criterion, window=window, tau=tau, patience=patience, track_ratios=track_ratios,
@@ -144,7 +160,19 @@ class EPIPruner:
             check_optimizer_holds_model(optimizer, self.module)
         self.optimizer = optimizer
         self.example_inputs = example_inputs
-        self._sync = rank_zero_for(model, self.module, process_group)
+        self._fsdp: Optional[ShardedModel] = None
+        if is_fsdp(self.module):
+            if self._wrapper is not None:
+                raise ValueError("the model is both wrapped in DDP and sharded with fully_shard: pass one of them")
+            self._fsdp = ShardedModel(self.module, reshard_fn, process_group)
+            self.config = self._fsdp.with_names(self.config)
+            self._sync = self._fsdp.comm
+        elif reshard_fn is not None:
+            raise ValueError("reshard_fn applies to a model sharded with torch.distributed.fsdp.fully_shard; "
+                             "this one is not")
+        else:
+            self._sync = rank_zero_for(model, self.module, process_group)
+        self._dense_sizes: Optional[Dict[str, int]] = None
         saved = _upgrade_state(state) if state is not None else None
         if saved is not None and saved["pruned"]:
             # Resuming after the prune: nothing is tracked any more, and the pruned network need
@@ -154,7 +182,10 @@ class EPIPruner:
                                                       tau=self.config.tau, patience=self.config.patience)
             self.layers: List[str] = list(saved["config"].get("layers", []))
         else:
-            self.tracker = StructureTracker(self.module, example_inputs, self.config, self._sync)
+            if self._fsdp is not None:
+                self.tracker, self._dense_sizes = self._fsdp.tracker(example_inputs, self.config)
+            else:
+                self.tracker = StructureTracker(self.module, example_inputs, self.config, self._sync)
             self._bank = self.tracker.bank
             self.layers = list(self.tracker.layers)
 
@@ -311,8 +342,10 @@ class EPIPruner:
         if self._pruned:
             out.update(self._prune_report)
         else:
-            # Not pruned (yet): before and after are the network as it is.
-            sizes = count_ops(self.module, self.example_inputs)
+            # Not pruned (yet): before and after are the network as it is (a sharded model's
+            # sizes were counted on its gathered copy at construction: no collective here, so
+            # that rank 0 alone may report).
+            sizes = self._dense_sizes if self._dense_sizes is not None else count_ops(self.module, self.example_inputs)
             out.update(
                 params_before=sizes["params"], params_after=sizes["params"],
                 flops_before=sizes["flops"], flops_after=sizes["flops"],
@@ -389,13 +422,17 @@ class EPIPruner:
         tracker = self.tracker
         # Identical channels on every rank even if float scores differed in the last bit.
         if self._sync is not None:
-            scores = self._sync.broadcast(scores)
+            scores = self._sync.broadcast(scores, f"broadcast of the prune's scores at the end of epoch {self._epoch}")
         cfg = self.config
-        keep: list = []
-        report = prune_to(self.module, self.ratio, self.example_inputs, cfg.criterion, scores, self.optimizer,
-                          self.min_keep, cfg.ignored_layers, tracker.layout, self.reduce, cfg.target,
-                          cfg.max_layer_ratio, cfg.round_to, strict=False, ranking=cfg.ranking, keep_out=keep)
-        self._keep_mask = keep[0]
+        if self._fsdp is not None:
+            report, self._keep_mask = self._fsdp.prune(scores, cfg, self.optimizer, self.example_inputs, tracker.layout)
+            self.module = self._fsdp.module
+        else:
+            keep: list = []
+            report = prune_to(self.module, self.ratio, self.example_inputs, cfg.criterion, scores, self.optimizer,
+                              self.min_keep, cfg.ignored_layers, tracker.layout, self.reduce, cfg.target,
+                              cfg.max_layer_ratio, cfg.round_to, strict=False, ranking=cfg.ranking, keep_out=keep)
+            self._keep_mask = keep[0]
         if self._compiled:
             forget_compiled_graphs()
         if abs(report["achieved"] - self.ratio) > TOLERANCE:

@@ -17,7 +17,7 @@ exists at t = window, as in the paper.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -47,22 +47,32 @@ class EpochRecord:
 class StructureTracker:
     """Tracks the structures that `config.criterion` selects at `config.ratios` on `module`.
 
-    sync: a `epi_fast.distributed.RankZero` when distributed (structures and the t = 0 capture
-    come from rank 0), else None.
+    sync: an `epi_fast.distributed.Collectives` when distributed (structures and the t = 0
+    capture come from rank 0), else None.
+    scorer: None, or ``scorer(layout, epoch)`` returning what scores the layout instead of the
+    criterion on `module` (an `epi_fast.criteria.sharded.ShardedScorer`, when `module` is the
+    plain copy of a model sharded with FSDP): an object with `weight_scores()` and
+    `accumulator()`. epoch() is the epoch being scored (0: initialisation), for its messages.
     """
 
-    def __init__(self, module: nn.Module, example_inputs: Any, config: PrunerConfig, sync=None) -> None:
+    def __init__(self, module: nn.Module, example_inputs: Any, config: PrunerConfig, sync=None,
+                 scorer: Optional[Callable[[Any], Any]] = None) -> None:
         self.config = config
         self.criterion = config.criterion
         self.sync = sync
         self.layout = group_layout(module, example_inputs, ignored_layers=config.ignored_layers,
                                    residual=config.residual)
+        self._t0_recorded = False
+        self.scorer = scorer(self.layout, self._epoch_in_progress) if scorer is not None else None
         # The prune's own selection rule (target, limits, rounding): EPI watches the very
         # structures that the prune would cut.
         self.selector = Selector(self.layout, config.target, config.min_keep, config.max_layer_ratio,
                                  config.round_to, example_inputs, ranking=config.ranking)
         self.bank = IndicatorBank(config.ratios, window=config.window, tau=config.tau, patience=config.patience)
-        self.accumulator = self.criterion.accumulator(self.layout) if self.criterion.needs_gradients else None
+        self.accumulator = None
+        if self.criterion.needs_gradients:
+            self.accumulator = self.scorer.accumulator() if self.scorer is not None else \
+                self.criterion.accumulator(self.layout)
         self.epoch = 0
         self.initial: Optional[EpochRecord] = None
         self._t0_recorded = False
@@ -70,6 +80,9 @@ class StructureTracker:
         if self.accumulator is None:
             self.initial = self._observe(self._weight_scores())
             self._t0_recorded = True
+
+    def _epoch_in_progress(self) -> int:
+        return self.epoch + 1 if self._t0_recorded else 0
 
     @property
     def layers(self) -> List[str]:
@@ -103,6 +116,8 @@ class StructureTracker:
 
     # -- internals --------------------------------------------------------------------------------
     def _weight_scores(self) -> torch.Tensor:
+        if self.scorer is not None:
+            return self.scorer.weight_scores()
         return self.criterion.group_scores(self.layout, self.config.reduce)
 
     def _epoch_scores(self) -> torch.Tensor:
@@ -135,7 +150,8 @@ class StructureTracker:
     def _observe(self, scores: torch.Tensor) -> EpochRecord:
         masks, counts = self._masks_counts(scores)
         if self.sync is not None:
-            counts = self.sync.broadcast(counts)
+            when = f"at the end of epoch {self.epoch}" if self.epoch else "at initialisation (t = 0)"
+            counts = self.sync.broadcast(counts, f"broadcast of the structures {when}")
         counts = counts.cpu()
         epi = self.bank.update(counts)
         return EpochRecord(self.epoch, scores, masks, counts, epi)
@@ -155,7 +171,7 @@ class StructureTracker:
         # Rank 0 decides whether this step is the t = 0 capture, and what it captured.
         packed = torch.cat([torch.tensor([int(local_ok)], dtype=torch.int64), counts.reshape(-1)])
         if self.sync is not None:
-            packed = self.sync.broadcast(packed)
+            packed = self.sync.broadcast(packed, "broadcast of the structure at initialisation (t = 0)")
         if int(packed[0]):
             counts = packed[1:].reshape(m, n_layers)
             epi = self.bank.update(counts)

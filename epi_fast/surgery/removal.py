@@ -108,10 +108,13 @@ def prune(
 
 def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_keep, ignored_layers, layout, reduce,
              target, max_layer_ratio, round_to, *, strict: bool, ranking: str = "per_kind",
-             keep_out: Optional[list] = None, residual: bool = False) -> dict:
+             keep_out: Optional[list] = None, residual: bool = False, cuts_out: Optional[dict] = None) -> dict:
     """`prune`; strict=False cuts at the nearest reachable structure even when it is further
     than 0.01 from the ratio (EPIPruner: the structure EPI tracked, see `Selector.select`).
-    keep_out: a list that receives the keep mask (bool [N], layout order) that was cut."""
+    keep_out: a list that receives the keep mask (bool [N], layout order) that was cut.
+    cuts_out: a dict that receives, for every parameter the prune replaced, its qualified name
+    -> (flat indices of the old parameter that the new one keeps, the new shape): what the
+    sharded prune needs to carry a sharded optimizer's state over."""
     compiled = is_compiled(model)
     model = unwrap_model(model)
     ratio = check_ratio(ratio, "ratio")
@@ -142,7 +145,9 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
     groups_pruned = sum(1 for g, o in zip(layout.groups, layout.offsets) if not bool(keep[o:o + g.size].all()))
     layers = list(layout.layers)
     expected = layout.structure(keep)[0].tolist()
-    snapshot = _cut(model, layout, keep, optimizer)
+    names = {id(p): n for n, p in model.named_parameters()} if cuts_out is not None else None
+    replaced: dict = {}
+    snapshot = _cut(model, layout, keep, optimizer, replaced)
     try:
         widths = layout.layer_channels()
         kept = [widths[name] for name in layers]
@@ -155,6 +160,8 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
         raise
     if keep_out is not None:
         keep_out.append(keep)
+    if cuts_out is not None:
+        cuts_out.update({names[id(old)]: (idx, tuple(new.shape)) for old, new, idx in replaced.values()})
     if compiled:
         forget_compiled_graphs()
     neurons_removed = int((~keep).sum())
@@ -347,8 +354,9 @@ def prune_with_masks(model: nn.Module, layout: GroupLayout, keep_mask: torch.Ten
     _cut(model, layout, _check_mask(layout, keep_mask), optimizer)
 
 
-def _cut(model, layout, keep, optimizer) -> Optional["_Snapshot"]:
-    """The surgery; returns the snapshot that undoes it (None when nothing was removed)."""
+def _cut(model, layout, keep, optimizer, replaced_out: Optional[dict] = None) -> Optional["_Snapshot"]:
+    """The surgery; returns the snapshot that undoes it (None when nothing was removed).
+    replaced_out receives id(old) -> (old, new, flat indices of old kept in new)."""
     _check_optimizer(optimizer, layout, keep)
     work, params = _affected(layout, keep)
     if not work:
@@ -362,12 +370,14 @@ def _cut(model, layout, keep, optimizer) -> Optional["_Snapshot"]:
             p.data = _flat_indices(p)
         for group, pruned in work:
             _prune_group(dg, group, pruned)
-        _rebuild_parameters(params, snapshot, optimizer)
+        replaced = _rebuild_parameters(params, snapshot, optimizer)
         _check_no_stray_parameters(model, snapshot)
     except BaseException:
         snapshot.restore()
         raise
     layout._spent = True
+    if replaced_out is not None:
+        replaced_out.update(replaced)
     return snapshot
 
 
@@ -399,7 +409,7 @@ def _check_no_stray_parameters(model, snapshot) -> None:
             raise RuntimeError(f"Torch-Pruning changed {name}, which the layout does not list; the prune was undone")
 
 
-def _rebuild_parameters(params, snapshot, optimizer) -> None:
+def _rebuild_parameters(params, snapshot, optimizer) -> dict:
     originals = {id(p): (data, grad) for p, data, grad in snapshot.params}
     replaced = {}  # id(old) -> new Parameter
     for module, attr, old in params:
@@ -422,3 +432,4 @@ def _rebuild_parameters(params, snapshot, optimizer) -> None:
         old.data, old.grad = originals[id(old)]
     if optimizer is not None:
         remap_optimizer(optimizer, replaced)
+    return replaced

@@ -1,5 +1,6 @@
 """Helpers shared by the tests and the benchmarks: how the operators' results are compared
-(tolerances and exact equality, with the reasons in ``compare``)."""
+(tolerances and exact equality, with the reasons in ``compare``), and the processes of a
+distributed test with a hang timeout (``processes``)."""
 
 from .compare import (
     ATOL,
@@ -13,6 +14,7 @@ from .compare import (
     score_rtol,
     taylor_bound,
 )
+from .processes import run_ranks
 
 __all__ = [
     "U",
@@ -25,4 +27,5 @@ __all__ = [
     "assert_bounded",
     "assert_exact",
     "taylor_bound",
+    "run_ranks",
 ]

@@ -1,4 +1,4 @@
-"""torch.distributed helpers of the policy: rank 0 decides, every rank follows.
+"""DDP: rank 0 decides, every rank follows; the pruned module is wrapped in DDP again.
 
 EPIPruner computes each epoch's structures from rank 0's scores and broadcasts them (one small
 int64 [ratios x layers] collective per epoch), and broadcasts rank 0's scores at the prune, so
@@ -9,37 +9,19 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import torch
 import torch.nn as nn
 
-__all__ = ["RankZero", "rank_zero_for", "is_ddp", "rewrap_ddp"]
+from .collectives import Collectives
+
+__all__ = ["rank_zero_for", "is_ddp", "rewrap_ddp"]
 
 
 def is_ddp(model: nn.Module) -> bool:
     return isinstance(model, nn.parallel.DistributedDataParallel)
 
 
-class RankZero:
-    """Broadcasts from rank 0 of `group` (None: the default group) on `device`."""
-
-    def __init__(self, group: Any, device: torch.device) -> None:
-        self.group = group
-        self.device = device
-
-    def broadcast(self, t: torch.Tensor) -> torch.Tensor:
-        """Rank 0's copy of `t` on every rank, returned on `t`'s device."""
-        import torch.distributed as dist
-
-        src = 0 if self.group is None else dist.get_global_rank(self.group, 0)
-        # NCCL only moves CUDA tensors; gloo takes either. The collective runs on the model's
-        # device so that NCCL works and gloo on the CPU stays on the CPU.
-        buf = t.to(self.device).contiguous()
-        dist.broadcast(buf, src=src, group=self.group)
-        return buf.to(t.device)
-
-
-def rank_zero_for(model: nn.Module, module: nn.Module, process_group: Any = None) -> Optional[RankZero]:
-    """A `RankZero` when the job is distributed over more than one process (`model` is a DDP
+def rank_zero_for(model: nn.Module, module: nn.Module, process_group: Any = None) -> Optional[Collectives]:
+    """A `Collectives` when the job is distributed over more than one process (`model` is a DDP
     wrapper, or `process_group` is given), else None. `module` holds the parameters."""
     if not is_ddp(model) and process_group is None:
         return None
@@ -50,7 +32,7 @@ def rank_zero_for(model: nn.Module, module: nn.Module, process_group: Any = None
     group = process_group if process_group is not None else getattr(model, "process_group", None)
     if dist.get_world_size(group) <= 1:
         return None
-    return RankZero(group, next(module.parameters()).device)
+    return Collectives(group, next(module.parameters()).device)
 
 
 # DistributedDataParallel's settings that a wrapper keeps as attributes, by constructor name.

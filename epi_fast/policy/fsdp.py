@@ -1,0 +1,244 @@
+"""EPIPruner on a model sharded with FSDP2 (`torch.distributed.fsdp.fully_shard`).
+
+Watching: the model is traced once, at construction, on a plain gathered copy (one full copy
+of the parameters, on every rank, for the time of the trace); the copy then keeps its
+structure with meta tensors (no memory) and the layout, the score plans and the selection
+rule are built on it. Every epoch each rank scores its own shards
+(`epi_fast.criteria.sharded`): one all-reduce of the O(channels) score buffer, never a weight,
+then rank 0's structures are broadcast as under DDP, so that every rank records the same EPI.
+
+Pruning, when EPI fires (or at the deadline), on every rank:
+
+1. the model is gathered into a plain module tree (`epi_fast.distributed.plain_copy`, one
+   DTensor.full_tensor() per parameter): the one gathered copy;
+2. it is traced afresh and pruned with the single-process surgery, the scores being rank 0's
+   (so every rank removes the very same neurons);
+3. it is sharded again: `reshard_fn(module)` when given, else `fully_shard` per module with the
+   mesh and settings the original was sharded with (children before parents);
+4. the optimizer, in place: its param groups point to the new sharded parameters and every
+   state tensor sharded like its parameter (momentum, Adam's moments) is gathered one at a
+   time, cut to the surviving entries and sharded like the new parameter; scalar state (step)
+   is kept; gradients are carried the same way.
+
+The model that was passed in is not changed: the pruned, sharded model is `pruner.module`
+(every check, the trace and the surgery happen on the copy; an error before step 4 leaves the
+model and the optimizer as they were).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..criteria.sharded import ShardedScorer, check_sharded_criterion
+from ..distributed import (Collectives, fsdp_settings, plain_copy, reshard_all, reshard_like, sharded_mesh,
+                           to_meta)
+from ..layout import group_layout
+from ..surgery import count_ops
+from ..surgery.optimizer import check_optimizer_holds_model, gather
+from ..surgery.removal import prune_to
+from .config import PrunerConfig
+from .tracker import StructureTracker
+
+__all__ = ["ShardedModel"]
+
+
+def _gathered(p: torch.Tensor) -> torch.Tensor:
+    return p.detach().full_tensor()
+
+
+class ShardedModel:
+    """The FSDP side of an `EPIPruner`: the sharded model, its mesh's collectives and how to
+    shard it again.
+
+    module: the root module `fully_shard` was applied to (and to its blocks); reshard_fn: None,
+    or a function that shards the pruned plain module again (it may return the module to
+    train, else the one it was given is); process_group: None, or a group of the same ranks as
+    the mesh."""
+
+    def __init__(self, module: nn.Module, reshard_fn: Optional[Callable[[nn.Module], Any]] = None,
+                 process_group: Any = None) -> None:
+        import torch.distributed as dist
+
+        if reshard_fn is not None and not callable(reshard_fn):
+            raise TypeError(f"reshard_fn must be callable, got {type(reshard_fn).__name__}")
+        reshard_all(module)
+        self.mesh = sharded_mesh(module)
+        group = self.mesh.get_group()
+        if process_group is not None and dist.get_process_group_ranks(process_group) != \
+                dist.get_process_group_ranks(group):
+            raise ValueError("process_group: a model sharded with fully_shard agrees over its mesh's ranks; "
+                             "process_group holds other ranks (leave it None)")
+        device = next(module.parameters()).to_local().device
+        self.comm = Collectives(group, device)
+        self.reshard_fn = reshard_fn
+        # Read now, before anything is pruned: a setting FSDP keeps that epi_fast cannot
+        # repeat is refused at construction, not at the prune.
+        self.settings = None if reshard_fn is not None else fsdp_settings(module)
+        self.module = module
+        self.gathered_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+
+    def with_names(self, config: PrunerConfig) -> PrunerConfig:
+        """`config` with ignored layers given as modules of the sharded model named instead
+        (the trace and the prune run on copies, which have the same names)."""
+        names = {id(m): n for n, m in self.module.named_modules()}
+        ignored = []
+        for item in config.ignored_layers:
+            if isinstance(item, nn.Module):
+                if id(item) not in names:
+                    raise ValueError(f"ignored_layers: a {type(item).__name__} that is not a module of the model")
+                ignored.append(names[id(item)])
+            else:
+                ignored.append(item)
+        return dataclasses.replace(config, ignored_layers=tuple(ignored))
+
+    def gather(self, what: str) -> nn.Module:
+        """A plain copy of the model with every parameter gathered (collectives on every rank)."""
+        reshard_all(self.module)
+        with torch.no_grad():
+            return self.comm.run(what, lambda: plain_copy(self.module, _gathered))
+
+    def tracker(self, example_inputs: Any, config: PrunerConfig) -> Tuple[StructureTracker, Dict[str, int]]:
+        """The structure tracker over shards, and the dense model's sizes (params, FLOPs, MACs)."""
+        check_sharded_criterion(config.criterion)
+        plain = self.gather("gather of the model for the trace (EPIPruner's construction)")
+
+        def scorer(layout, epoch):
+            return ShardedScorer(layout, config.criterion, config.reduce, self.module, self.comm, epoch)
+
+        tracker = StructureTracker(plain, example_inputs, config, self.comm, scorer=scorer)
+        sizes = count_ops(plain, example_inputs)
+        to_meta(plain)  # the layout needs the copy's structure, not its values
+        return tracker, sizes
+
+    def prune(self, scores: torch.Tensor, config: PrunerConfig, optimizer, example_inputs: Any,
+              tracked) -> Tuple[Dict[str, Any], torch.Tensor]:
+        """Gather, prune, shard again, carry the optimizer over (module docstring). Returns the
+        prune's report and keep mask; `self.module` is the pruned sharded model afterwards."""
+        plain = self.gather("gather of the model for the prune")
+        layout = group_layout(plain, example_inputs, ignored_layers=config.ignored_layers, residual=config.residual)
+        if layout.group_sizes != tracked.group_sizes or layout.layers != tracked.layers:
+            raise RuntimeError("the gathered model's layout differs from the one traced at construction; not pruned")
+        keep: list = []
+        cuts: Dict[str, Tuple[torch.Tensor, Tuple[int, ...]]] = {}
+        report = prune_to(plain, config.ratio, example_inputs, config.criterion, scores, None, config.min_keep,
+                          config.ignored_layers, layout, config.reduce, config.target, config.max_layer_ratio,
+                          config.round_to, strict=False, ranking=config.ranking, keep_out=keep,
+                          residual=config.residual, cuts_out=cuts)
+        if optimizer is not None:
+            _check_optimizer(optimizer, self.module, cuts)
+        new = self._reshard(plain)
+        if optimizer is not None:
+            _carry_optimizer(optimizer, self.module, new, cuts, self.comm)
+        self.module = new
+        report["fsdp"] = {"world_size": self.comm.world_size, "gathered_bytes": int(self.gathered_bytes)}
+        self.gathered_bytes = sum(p.numel() * p.element_size() for p in new.parameters())
+        return report, keep[0]
+
+    def _reshard(self, plain: nn.Module) -> nn.Module:
+        if self.reshard_fn is None:
+            root = reshard_like(plain, self.settings)
+        else:
+            out = self.reshard_fn(plain)
+            root = plain if out is None else out
+            if not isinstance(root, nn.Module):
+                raise TypeError(f"reshard_fn returned a {type(out).__name__}, not the module (or None)")
+        try:
+            mesh = sharded_mesh(root)
+        except ValueError as exc:
+            raise ValueError(f"after reshard_fn: {exc}") from None
+        if mesh != self.mesh:
+            raise ValueError("reshard_fn sharded the pruned model over another mesh than the original's")
+        missing = set(dict(self.module.named_parameters())) - set(dict(root.named_parameters()))
+        if missing:
+            raise ValueError(f"the resharded model has no parameter {sorted(missing)[0]!r}")
+        return root
+
+
+def _check_optimizer(optimizer, module: nn.Module, cuts) -> None:
+    """What `epi_fast.surgery.optimizer.check_optimizer_for` checks, for the sharded model:
+    every trainable parameter that the prune cuts is in the optimizer, and its state tensors
+    are sharded like it (or are scalars). Before anything changes."""
+    check_optimizer_holds_model(optimizer, module)
+    from torch.distributed.tensor import DTensor
+
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    params = dict(module.named_parameters())
+    for name in cuts:
+        p = params[name]
+        if p.requires_grad and id(p) not in held:
+            raise ValueError(f"the optimizer does not hold {name}, which pruning changes")
+        for key, value in optimizer.state.get(p, {}).items():
+            if isinstance(value, torch.Tensor) and value.numel() > 1 and not (
+                    isinstance(value, DTensor) and value.shape == p.shape and value.placements == p.placements):
+                raise ValueError(
+                    f"cannot remap optimizer state {key!r} of {name}: a {type(value).__name__} of shape "
+                    f"{tuple(value.shape)} is neither sharded like the parameter {tuple(p.shape)} nor a scalar"
+                )
+
+
+def _carry(value: torch.Tensor, new: torch.Tensor, cut, comm: Collectives, what: str) -> torch.Tensor:
+    """A tensor sharded like the old parameter, cut to the new one's surviving entries and
+    sharded like it: gathered (one full tensor at a time), cut, then each rank keeps its rows."""
+    from torch.distributed.tensor import distribute_tensor
+
+    idx, shape = cut
+    full = comm.run(what, lambda: value.detach().full_tensor())
+    part = gather(full, idx, shape)
+    del full
+    out = distribute_tensor(part, new.device_mesh, new.placements, src_data_rank=None)
+    if out.to_local().shape != new.to_local().shape:
+        raise RuntimeError(f"{what}: the carried state has {tuple(out.to_local().shape)} local entries, the "
+                           f"parameter {tuple(new.to_local().shape)}")
+    return out
+
+
+def _carry_optimizer(optimizer, old: nn.Module, new: nn.Module, cuts, comm: Collectives) -> None:
+    """The optimizer, in place: param groups and state to the new sharded parameters (module
+    docstring). The new groups and state are built first and then swapped in."""
+    from torch.distributed.tensor import DTensor
+
+    names = {id(p): n for n, p in old.named_parameters()}
+    new_params = dict(new.named_parameters())
+    groups: List[List[torch.Tensor]] = []
+    state: Dict[torch.Tensor, Dict[str, Any]] = {}
+    grads: List[Tuple[torch.Tensor, Optional[torch.Tensor]]] = []
+    done: Dict[int, torch.Tensor] = {}
+    for group in optimizer.param_groups:
+        params = []
+        for p in group["params"]:
+            name = names.get(id(p))
+            if name is None:  # not the model's: left as it is
+                params.append(p)
+                if p in optimizer.state:
+                    state[p] = optimizer.state[p]
+                continue
+            q = new_params[name]
+            params.append(q)
+            if id(p) in done:
+                continue
+            done[id(p)] = q
+            cut = cuts.get(name)
+            saved = optimizer.state.get(p)
+            if saved is not None:
+                carried = {}
+                for key in sorted(saved):
+                    value = saved[key]
+                    if cut is not None and isinstance(value, DTensor) and value.shape == p.shape:
+                        value = _carry(value, q, cut, comm, f"gather of the optimizer state {key!r} of {name}")
+                    carried[key] = value
+                state[q] = carried
+            grad = p.grad
+            if grad is not None and cut is not None:
+                grad = _carry(grad, q, cut, comm, f"gather of the gradient of {name}")
+            grads.append((q, grad))
+        groups.append(params)
+    for group, params in zip(optimizer.param_groups, groups):
+        group["params"] = params
+    optimizer.state.clear()
+    optimizer.state.update(state)
+    for q, grad in grads:
+        q.grad = grad
