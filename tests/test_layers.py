@@ -13,11 +13,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "epi_fast"
 LAYER = {
     "_version": 0, "_args": 0, "_io": 0,
     "ops": 1, "distributed": 1, "testing": 2,
-    "layout": 2, "models": 2, "detection": 2,
+    "layout": 2, "models": 2,
     "criteria": 3, "indicator": 3, "targets": 3,
     "surgery": 4,
     "policy": 5,
-    "integrations": 6,
+    "integrations": 6, "detection": 6,
     "app": 7,
 }
 
