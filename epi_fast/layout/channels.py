@@ -71,6 +71,10 @@ class ChannelGroup(LayoutGroup):
 
     def remove(self, dg, neurons: Sequence[int]) -> None:
         dg.get_pruning_group(self.root_module, self.root_fn, self.root_channels(neurons)).prune()
+        for m in self.members:
+            # Torch-Pruning keeps a GroupNorm's num_groups; one channel per group stays so.
+            if isinstance(m.module, nn.GroupNorm) and m.module.num_groups > m.module.num_channels:
+                m.module.num_groups = m.module.num_channels
 
 
 def _tied_channels(dg_group) -> int:
