@@ -25,6 +25,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from .._args import check_int
 from ..layout.detection import head_output_layers, head_outputs, is_detector
 
 __all__ = ["DETECTOR_NAMES", "build_detector", "SSDResNetBackbone", "head_outputs", "head_output_layers",
@@ -88,14 +89,12 @@ class SSDResNetBackbone(nn.Module):
         return OrderedDict((str(i), m) for i, m in enumerate(maps))
 
 
-def _check(name, num_classes, image_size):
+def _check(name, num_classes, image_size, fpn_width):
     if name not in DETECTOR_NAMES:
         raise ValueError(f"unknown detector {name!r}: expected one of {', '.join(DETECTOR_NAMES)}")
-    for label, value, low in (("num_classes", num_classes, 2), ("image_size", image_size, 32)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{label} must be an int, got {type(value).__name__}")
-        if value < low:
-            raise ValueError(f"{label} must be at least {low}, got {value}")
+    check_int(num_classes, "num_classes", 2)  # the background and at least one class
+    check_int(image_size, "image_size", 32)  # ResNet's stride: layer4 is image_size / 32
+    check_int(fpn_width, "fpn_width", 1)
 
 
 def build_detector(
@@ -127,7 +126,7 @@ def build_detector(
     image_mean, image_std: the normalisation of the internal transform (grey canvases in
     [0, 1]: 0.5 and 0.5).
     """
-    _check(name, num_classes, image_size)
+    _check(name, num_classes, image_size, fpn_width)
     if name.startswith("ssd_"):
         return _ssd(int(name[len("ssd_resnet"):]), num_classes, image_size, box_scales, score_thresh, nms_thresh,
                     detections_per_img, image_mean, image_std)
@@ -162,8 +161,6 @@ def _retinanet(num_classes, image_size, fpn_width, anchor_sizes, score_thresh, n
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.models.detection.retinanet import RetinaNetHead
 
-    if isinstance(fpn_width, bool) or not isinstance(fpn_width, int) or fpn_width < 1:
-        raise ValueError(f"fpn_width must be a positive int, got {fpn_width!r}")
     body = torchvision.models.resnet18(weights=None)
     # layer2..layer4 (strides 8, 16, 32) and a max-pooled level (stride 64).
     backbone = BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"}, [128, 256, 512], fpn_width)

@@ -315,9 +315,9 @@ def test_unsupported_detectors_and_bad_inputs_are_refused():
         prune(rcnn, 0.5, x)
     with pytest.raises(ValueError, match="unknown detector 'yolo'"):
         build_detector("yolo")
-    with pytest.raises(ValueError, match="num_classes must be at least 2"):
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 2, got 1"):
         build_detector(num_classes=1)
-    with pytest.raises(TypeError, match="image_size must be an int"):
+    with pytest.raises(TypeError, match="image_size must be an integer >= 32, got 64.0"):
         build_detector(image_size=64.0)
     with pytest.raises(ValueError, match="box_scales must hold 5"):
         build_detector(box_scales=(0.2, 0.5))
@@ -338,6 +338,19 @@ def test_pruned_detector_saves_and_loads(tmp_path):
         a, b = head_outputs(model, x), head_outputs(loaded, x)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_window_scales_with_the_schedule_as_in_app_e():
+    from epi_fast.detection.schedule import scaled_window
+
+    assert scaled_window(800) == 50  # the paper's detection run
+    assert scaled_window(90) == 6 and scaled_window(40) == 3 and scaled_window(56) == 4
+    assert scaled_window(8) == scaled_window(1) == 2  # at least 2
+    assert scaled_window(8, minimum=1) == 1 and scaled_window(100, fraction=0.1) == 10
+    with pytest.raises(TypeError, match="epochs must be an integer >= 1, got 8.0"):
+        scaled_window(8.0)
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\], got 0"):
+        scaled_window(8, fraction=0)
 
 
 # -- DDP: two gloo processes ---------------------------------------------------------------------
