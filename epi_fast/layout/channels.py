@@ -3,7 +3,8 @@
 A group is every channel that a residual add, a depthwise convolution, a concatenation or a
 squeeze-excitation scale couples to one output channel of its root conv/linear layer. A
 grouped (not depthwise) convolution ties root channels j, j + size, j + 2 * size, ... into one
-neuron, so that every convolution group keeps the same width.
+neuron, so that every convolution group keeps the same width. Channels that a GroupNorm
+normalises together (more than one channel per group) are not pruned.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class ChannelGroup(LayoutGroup):
 
     def remove(self, dg, neurons: Sequence[int]) -> None:
         dg.get_pruning_group(self.root_module, self.root_fn, self.root_channels(neurons)).prune()
+        for m in self.members:
+            # Torch-Pruning keeps a GroupNorm's num_groups; one channel per group stays so.
+            if isinstance(m.module, nn.GroupNorm) and m.module.num_groups > m.module.num_channels:
+                m.module.num_groups = m.module.num_channels
 
 
 def _tied_channels(dg_group) -> int:
@@ -81,6 +86,11 @@ def _tied_channels(dg_group) -> int:
         if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups != m.out_channels:
             ch = math.lcm(ch, m.groups)
     return ch
+
+
+def _mixes_channels(module) -> bool:
+    """A GroupNorm whose groups hold more than one channel."""
+    return isinstance(module, nn.GroupNorm) and module.num_groups != module.num_channels
 
 
 def _member_kind(dg, module, handler) -> str:
@@ -109,6 +119,13 @@ def find_channel_groups(trace, ignored: Sequence[nn.Module], names: dict) -> Lis
             # nn.MultiheadAttention ties its inner width to its input width: cutting the
             # residual stream would regroup the remaining q/k/v rows into different heads, which
             # computes something else than the masked network. Its width is left alone.
+            continue
+        if any(_mixes_channels(item.dep.target.module) for item in dg_group):
+            # A GroupNorm normalises each of its groups of channels by their joint statistics:
+            # removing one channel changes what the others in its group are divided by (and
+            # Torch-Pruning keeps num_groups, which soon stops dividing the width), so the
+            # pruned network would not be the masked one. Such channels are not pruned
+            # (FCOS's and RetinaNet v2's head towers); GroupNorm with one channel per group is.
             continue
         ch = _tied_channels(dg_group)
         if out_channels(root) % ch:

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from .. import ops
 from . import channels as _channels  # noqa: F401  (registers the built-in conv-channel kind)
+from .detection import detector_trace
 from .groups import LayoutGroup, claimed_modules, group_finders
 from .trace import PRUNABLE, check_token_inputs, resolve_ignored, run_once, trace_model, unwrap_model
 from .transformer import find_transformer_groups
@@ -123,6 +124,11 @@ def group_layout(model: nn.Module, example_inputs, ignored_layers=(), *, observe
     (eval mode, autograd on), e.g. `epi_fast.targets.flops.FlopProbe(model)` to count the
     FLOPs of that pass instead of running the model again.
 
+    A torchvision RetinaNet, FCOS or SSD (`epi_fast.layout.detection`) takes a batch tensor
+    [B, 3, H, W] (or a one-element tuple holding a list of images) and is traced from its
+    batched images to its head outputs; the head's class and box output layers are never
+    pruned. A two-stage torchvision detector (Faster/Mask/Keypoint R-CNN) is a ValueError.
+
     A model with a known attention module (`epi_fast.layout.transformer`) is laid out module by
     module instead of traced: its groups are attention heads and MLP channels, its residual
     width and the layers outside its transformer blocks are not pruned, and it runs once on
@@ -138,10 +144,13 @@ def group_layout(model: nn.Module, example_inputs, ignored_layers=(), *, observe
     blocks = find_transformer_groups(model, ignored, residual=residual)
     if blocks:
         return _transformer_layout(model, example_inputs, blocks, ignored, observe)
-    trace = trace_model(model, example_inputs, observe=observe)
+    # torchvision's one-stage detectors are traced from their batched images to their head
+    # outputs (epi_fast.layout.detection); their class and box output layers are never pruned.
+    call, outputs = detector_trace(model, example_inputs)
+    trace = trace_model(model, example_inputs, observe=observe, call=call)
     names = {m: n for n, m in model.named_modules()}
     order = {m: i for i, m in enumerate(names)}
-    ignored_all = list({id(m): m for m in ignored + trace.outputs}.values())
+    ignored_all = list({id(m): m for m in ignored + outputs + trace.outputs}.values())
 
     groups: List[LayoutGroup] = []
     for _, finder in group_finders():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, ContextManager, Iterable, List, Optional
+from typing import Any, Callable, ContextManager, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -111,13 +111,18 @@ class Trace:
     outputs: List[nn.Module]
 
 
-def trace_model(model: nn.Module, example_inputs: Any, observe: Optional[ContextManager] = None) -> Trace:
+def trace_model(model: nn.Module, example_inputs: Any, observe: Optional[ContextManager] = None,
+                call: Optional[Callable[[nn.Module, Any], Any]] = None) -> Trace:
     """Trace `model` on `example_inputs` without changing it (training flags are restored).
 
     observe: a context manager entered around the trace's one forward call and nothing else
     (Torch-Pruning has put the model in eval mode; autograd is on), e.g.
-    `epi_fast.targets.flops.FlopProbe`, to count the FLOPs of that same pass."""
+    `epi_fast.targets.flops.FlopProbe`, to count the FLOPs of that same pass.
+    call: what the trace runs instead of `call_model(model, example_inputs)`, as
+    ``call(model, example_inputs)``: a part of the model's forward whose outputs are what the
+    layers must keep (a detector's head outputs, before its boxes are decoded)."""
     check_inputs(example_inputs)
+    call = call_model if call is None else call
     captured: List[torch.Tensor] = []
 
     def forward(m, inputs):
@@ -125,7 +130,7 @@ def trace_model(model: nn.Module, example_inputs: Any, observe: Optional[Context
         # inside a bare except that also swallows Ctrl-C) never runs.
         try:
             with observe if observe is not None else nullcontext():
-                return call_model(m, inputs)
+                return call(m, inputs)
         except Exception as err:
             raise _ForwardFailed(err) from err
 
