@@ -348,6 +348,15 @@ def _evaluate_counts(module, loader, device, amp_dtype, job, stand_in):
     return int(c), int(t)
 
 
+def _rank_records(ranks: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """summary.json's distributed.ranks: every rank's prune epoch, reason and parameter count,
+    and whether its kept counts and EPI values are rank 0's."""
+    first = ranks[0]
+    return [{"rank": r["rank"], "prune_epoch": r["prune_epoch"], "prune_reason": r["prune_reason"], "params": r["params"],
+             "kept_counts_as_rank0": r["kept_counts"] == first["kept_counts"],
+             "epi_as_rank0": r["epi_tracked"] == first["epi_tracked"]} for r in ranks]
+
+
 def _ratio_key(r: float) -> str:
     from .report import summary_ratio_key
 
@@ -708,6 +717,13 @@ class _Run:
             return values
         return self.job.all_sum(values)
 
+    def rank_record(self) -> Dict[str, Any]:
+        """What this rank decided and holds at the end, for rank 0's summary."""
+        p = self.s.pruner
+        return {"rank": self.job.rank, "prune_epoch": p.prune_epoch, "prune_reason": p.prune_reason,
+                "params": sum(int(t.numel()) for t in self.s.model.parameters()), "kept_counts": p.kept_counts,
+                "epi_tracked": {_ratio_key(r): list(h) for r, h in p.epi_history.items()}}
+
     def after_prune(self):
         """The model to train after the prune: the pruned module (under FSDP sharded again by
         the pruner), in a new DDP wrapper under --distributed ddp (the old one's buckets hold the
@@ -767,6 +783,10 @@ class _Run:
 
             full = full_state_dict(s.model)  # every rank takes part; rank 0 receives it
         summary = self.summary("completed")
+        if self.job is not None:
+            ranks = self.job.gather(self.rank_record())
+            if ranks is not None:
+                summary["distributed"]["ranks"] = _rank_records(ranks)
         with together(self.job, "writing the final files"):
             if self.writes:
                 payload = model_payload(s.pruner.module, arch={"name": args.model, "kwargs": dict(s.model_kwargs)},
@@ -816,10 +836,20 @@ class _Run:
 
 
 def run_train(args) -> int:
+    from .dist_job import check_not_launched, quiet_on_other_ranks
+
     if args.resume is not None:
         from .resume import resume_train
 
         return resume_train(args)
+    try:
+        if args.distributed is None:
+            check_not_launched(UsageError)
+        # Every rank finds the same problems in the same arguments, before joining the others;
+        # rank 0 alone checks --out, after joining (`_train_new`).
+        _validate_train(args, check_dir=args.distributed is None)
+    except UsageError as e:
+        raise quiet_on_other_ranks(e)
     job = start_distributed(args.distributed, args.device, args.dist_timeout)
     try:
         return _train_new(args, job)
@@ -829,22 +859,28 @@ def run_train(args) -> int:
 
 
 def start_distributed(kind: Optional[str], device: str, timeout: float):
-    """The `DistJob` of a --distributed run (the process group joined), None for one process;
-    UsageError where torchrun's environment and --distributed disagree."""
-    from .dist_job import check_not_launched, start_job
+    """The `DistJob` of a --distributed run (the process group joined), None for one process."""
+    from .dist_job import quiet_on_other_ranks, start_job
 
     if kind is None:
-        check_not_launched(UsageError)
         return None
-    return start_job(kind, device, timeout, UsageError)
+    try:
+        return start_job(kind, device, timeout, UsageError)
+    except UsageError as e:
+        raise quiet_on_other_ranks(e)
 
 
 def _train_new(args, job) -> int:
     from .dist_job import together
-    from .rundir import RunDirRefused, start
+    from .rundir import RunDirRefused, check_out, start
 
-    with together(job, "checking the arguments"):
-        _validate_train(args, check_dir=job is None or job.is_main)
+    if job is not None:
+        with together(job, "checking --out"):
+            if job.is_main:
+                try:
+                    check_out(args.out, args.overwrite)
+                except RunDirRefused as e:
+                    raise UsageError(str(e)) from None
     if args.task == "lm":
         from .lm import LMRun as run_class, LMSetup as setup_class
     else:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, List, Optional, Sequence
 
 __all__ = ["KINDS", "DEFAULT_TIMEOUT", "ENVIRONMENT", "PeerFailed", "DistJob", "start_job", "check_not_launched",
-           "launched_world_size", "together", "lost_peer", "block_modules", "shard_blocks", "max_over_ranks",
+           "launched_world_size", "quiet_on_other_ranks", "together", "lost_peer", "block_modules", "shard_blocks", "max_over_ranks",
            "full_state_dict", "shard_indices", "per_rank_batch"]
 
 KINDS = ("ddp", "fsdp")
@@ -80,6 +80,14 @@ def check_not_launched(usage_error) -> None:
     if n is not None and n > 1:
         raise usage_error(f"this process is one of {n} that torchrun started (WORLD_SIZE={n}), but --distributed is not "
                           "given: pass --distributed ddp or fsdp, or run epi-fast train without torchrun")
+
+
+def quiet_on_other_ranks(e: BaseException) -> BaseException:
+    """`e`, marked not to be printed on a rank other than 0: before the process group exists,
+    every rank finds the same problem in the same arguments, and rank 0 prints it."""
+    if os.environ.get("RANK", "0") != "0":
+        e.epi_fast_quiet = True  # type: ignore[attr-defined]
+    return e
 
 
 @dataclass

@@ -286,23 +286,17 @@ def _remove_temporaries(path: str, ckpt: Dict[str, Any]) -> None:
         remove_other_shards(path, keep=dist["shards"])
 
 
-def _rank_zero_only(e: UsageError) -> UsageError:
-    """Before the process group exists every rank finds the same problem: rank 0 prints it."""
-    if os.environ.get("RANK", "0") != "0":
-        e.epi_fast_quiet = True  # type: ignore[attr-defined]
-    return e
-
-
 def resume_train(args) -> int:
     """`epi-fast train --resume RUN_DIR` (under torchrun for a --distributed run)."""
+    from .dist_job import quiet_on_other_ranks
     from .rundir import MARKER, read_marker
 
     path = args.resume
     if not os.path.isdir(path) or os.path.islink(path):
-        raise _rank_zero_only(UsageError(f"--resume {path}: no such run directory"))
+        raise quiet_on_other_ranks(UsageError(f"--resume {path}: no such run directory"))
     marker = read_marker(path)
     if marker is None:
-        raise _rank_zero_only(UsageError(f"--resume {path} is not a run directory of epi-fast train (no {MARKER} of "
+        raise quiet_on_other_ranks(UsageError(f"--resume {path} is not a run directory of epi-fast train (no {MARKER} of "
                                          "epi-fast inside)"))
     if marker.get("status") == "completed":
         if os.environ.get("RANK", "0") == "0":
@@ -310,7 +304,7 @@ def resume_train(args) -> int:
         return 0
     ckpt_path = os.path.join(path, CHECKPOINT)
     if not os.path.isfile(ckpt_path) or os.path.islink(ckpt_path):
-        raise _rank_zero_only(UsageError(
+        raise quiet_on_other_ranks(UsageError(
             f"--resume {path} has no {CHECKPOINT} (the run stopped before its first epoch ended, or an epi-fast without "
             "--resume wrote it); it cannot be resumed"))
     rargs = _stored_arguments(args, marker)
@@ -326,7 +320,7 @@ def _join(rargs, marker: Dict[str, Any], path: str):
     """The resumed run's `DistJob` (None for one process): a --distributed run resumes under
     torchrun with as many processes as it had."""
     from .cli import start_distributed
-    from .dist_job import launched_world_size
+    from .dist_job import check_not_launched, launched_world_size, quiet_on_other_ranks
 
     kind = getattr(rargs, "distributed", None)
     world = (marker.get("distributed") or {}).get("world_size")
@@ -336,9 +330,14 @@ def _join(rargs, marker: Dict[str, Any], path: str):
             raise UsageError(f"--resume {path}: the run was started with --distributed {kind} on {world} processes; resume "
                              f"it the same way: torchrun --nproc-per-node {world} -m epi_fast train --resume {path}")
         if world is not None and launched != world:
-            raise _rank_zero_only(UsageError(
+            raise quiet_on_other_ranks(UsageError(
                 f"--resume {path}: the run was started on {world} processes, torchrun started {launched}; resume it "
                 f"on {world} (the per-rank batches, generators and shards are those of {world})"))
+    else:
+        try:
+            check_not_launched(UsageError)
+        except UsageError as e:
+            raise quiet_on_other_ranks(e)
     return start_distributed(kind, rargs.device, rargs.dist_timeout)
 
 
