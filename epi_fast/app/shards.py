@@ -59,6 +59,9 @@ def save_shards(run) -> str:
     made = job.broadcast(made)
     if isinstance(made, BaseException):
         raise made
+    # Buffers are not sharded and each rank's BatchNorm tracks its own batches, while the
+    # checkpoint keeps one copy of each: rank 0's, as in checkpoint.pt of a DDP run.
+    job.sync_buffers(s.model)
     dcp.save(_state(s.model, s.optimizer), checkpoint_id=made)
     if job.is_main:
         os.replace(made, final)

@@ -360,3 +360,108 @@ def test_two_processes_prune_within_an_epoch_of_one(tmp_path):
     assert one["prune_reason"] == two["prune_reason"] == "epi"
     assert abs(one["prune_epoch"] - two["prune_epoch"]) <= 1
     assert two["top1_final"] > 0.95
+
+
+# -- the sharded checkpoint of --distributed fsdp ------------------------------------------------
+
+def _shards_worker(rank, init_file, out_dir):
+    """Rank `rank` of two: a pruned resnet_small sharded per block, one SGD step, its sharded
+    checkpoint written; then a dense model narrowed to the recorded shapes, sharded alike and
+    loaded from it. Saves what both hold, gathered, for the test to compare."""
+    import torch
+    import torch.nn.functional as F
+    from types import SimpleNamespace
+
+    import epi_fast
+    from epi_fast.app.dist_job import DistJob, full_state_dict, shard_blocks
+    from epi_fast.app.shards import architecture_payload, load_shards, save_shards
+    from epi_fast.models import build_model
+    from epi_fast.surgery.serialize import narrow_to_shapes
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        job = DistJob("fsdp", rank, 2, rank, "gloo", torch.device("cpu"), 60.0)
+        torch.manual_seed(0)
+        model = build_model("resnet_small", num_classes=10, in_channels=1)
+        epi_fast.prune(model, 0.5, torch.zeros(1, 1, 8, 8))
+        arch = architecture_payload(model, {"name": "resnet_small", "kwargs": {"num_classes": 10, "in_channels": 1}})
+        shard_blocks(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        g = torch.Generator().manual_seed(rank)
+        F.cross_entropy(model(torch.randn(8, 1, 8, 8, generator=g)), torch.randint(0, 10, (8,), generator=g)).backward()
+        opt.step()
+        run = SimpleNamespace(job=job, s=SimpleNamespace(model=model, optimizer=opt), epochs_completed=3, outdir=out_dir)
+        name = save_shards(run)
+        before = full_state_dict(model)
+        momentum = {k: v["momentum_buffer"].full_tensor() for k, v in
+                    zip(model.state_dict(), opt.state.values())} if opt.state else {}
+
+        fresh = build_model("resnet_small", num_classes=10, in_channels=1)
+        narrow_to_shapes(fresh, arch["modules"], arch["shapes"])
+        shard_blocks(fresh)
+        fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+        load_shards(SimpleNamespace(s=SimpleNamespace(model=fresh, optimizer=fresh_opt), outdir=out_dir), name)
+        after = full_state_dict(fresh)
+        fresh_momentum = [v["momentum_buffer"].full_tensor() for v in fresh_opt.state.values()]
+        if rank == 0:
+            torch.save({"name": name, "before": before, "after": after, "momentum": list(momentum.values()),
+                        "fresh_momentum": fresh_momentum, "shapes": arch["shapes"]}, os.path.join(out_dir, "result.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_checkpoint_rebuilds_the_pruned_shapes(tmp_path):
+    import torch
+    import torch.multiprocessing as mp
+
+    from epi_fast.app.rundir import check_out, is_shard_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    mp.spawn(_shards_worker, args=(str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    r = torch.load(out / "result.pt", weights_only=True)
+    assert r["name"] == "checkpoint-3.dcp"
+    files = sorted(os.listdir(out / r["name"]))
+    assert files == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # one file per rank
+    assert [e for e in os.listdir(out) if e.startswith(".")] == []  # the temporary folder was renamed
+    assert set(r["before"]) == set(r["after"]) == set(r["shapes"])
+    for k, v in r["before"].items():
+        assert list(v.shape) == r["shapes"][k]
+        assert torch.equal(v, r["after"][k]), k
+    assert len(r["momentum"]) == len(r["fresh_momentum"]) > 0
+    for a, b in zip(r["momentum"], r["fresh_momentum"]):
+        assert torch.equal(a, b)
+    # The folder is the tool's own: --overwrite may replace a run directory that holds it, and
+    # a folder with anything else inside is not.
+    os.unlink(out / "result.pt")
+    (out / "summary.json").write_text(json.dumps({"format": "epi_fast.summary/1", "status": "completed"}))
+    assert is_shard_dir(str(out), r["name"])
+    check_out(str(out), overwrite=True)
+    (out / r["name"] / "notes.txt").write_text("mine")
+    assert not is_shard_dir(str(out), r["name"])
+
+
+@pytest.mark.slow
+def test_lm_on_two_processes_trains_on_the_one_process_data(tmp_path):
+    """--task lm draws every global batch from the one generator on every rank and trains each
+    rank on its rows: the 2-process run sees the 1-process run's data, so it decides alike and
+    ends within float rounding of it."""
+    lm = ["--task", "lm", "--model", "llama_micro", "--seq-len", "32", "--steps-per-epoch", "30", "--batch-size", "8",
+          "--epochs", "5", "--window", "2", "--patience", "1", "--deadline-epoch", "3", "--track-ratios", "0.3",
+          "--threads", "1", "--no-progress"]
+    rc, _, err = _run([sys.executable, "-m", "epi_fast", "train", "--out", str(tmp_path / "one"), *lm], cwd=tmp_path)
+    assert rc == 0, err
+    rc, _, err = _run(_torchrun("-m", "epi_fast", "train", "--distributed", "ddp", "--out", str(tmp_path / "two"), *lm),
+                      cwd=tmp_path)
+    assert rc == 0, err
+    one, two = _summary(tmp_path / "one"), _summary(tmp_path / "two")
+    assert two["distributed"]["per_rank_batch"] == 4
+    assert one["prune_epoch"] == two["prune_epoch"] is not None
+    assert one["kept_counts"] == two["kept_counts"]
+    for r, values in one["epi_tracked"].items():
+        assert [v is None for v in two["epi_tracked"][r]] == [v is None for v in values]
+        assert [v for v in two["epi_tracked"][r] if v is not None] == pytest.approx([v for v in values if v is not None],
+                                                                                    rel=1e-9)
+    assert two["val_perplexity_final"] == pytest.approx(one["val_perplexity_final"], rel=1e-4)
+    assert all(r["kept_counts_as_rank0"] for r in two["distributed"]["ranks"])
