@@ -824,6 +824,9 @@ class _Run:
             extra = {"error": f"{type(e).__name__}: {one_line(e)}"}
             detail = f"{where}; the run so far is in {self.args.out} (summary.json says \"failed\")"
         if not self.writes:
+            if isinstance(e, KeyboardInterrupt):
+                # torchrun passes Ctrl-C and SIGTERM to every rank: rank 0's line says it.
+                e.epi_fast_quiet = True  # type: ignore[attr-defined]
             return  # rank 0 records it
         try:
             self.write_progress(status, **extra)

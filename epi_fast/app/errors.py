@@ -115,5 +115,6 @@ def report_interrupt(prog: str, debug: bool, e: KeyboardInterrupt) -> int:
     signum = _signum(e)
     how = "" if signum == signal.SIGINT else f" ({interrupt_signal_name(signum)})"
     detail: Optional[str] = getattr(e, "epi_fast_detail", None)
-    print(f"{prog}: interrupted{how}{': ' + detail if detail else ''}", file=sys.stderr)
+    if not getattr(e, "epi_fast_quiet", False):
+        print(f"{prog}: interrupted{how}{': ' + detail if detail else ''}", file=sys.stderr)
     return interrupt_exit_status(e)
