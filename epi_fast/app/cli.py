@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .._args import DEFAULT_MAX_LAYER_RATIO, TARGETS
 from . import argtypes
+from .dist_job import DEFAULT_TIMEOUT as DIST_TIMEOUT, KINDS as DIST_KINDS
 from .errors import one_line, report_interrupt, run_reporting_errors, sigterm_raises
 from .training import (  # noqa: F401 (the protocol imports _lr_lambda from here)
     ADAMW_BETAS,
@@ -132,6 +133,13 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--threads", type=argtypes.positive_int, default=None, help="CPU threads for torch (default: 1 for digits and for lm, else the cores this process may use)")
     g.add_argument("--workers", type=argtypes.non_negative_int, default=0, help="DataLoader worker processes (default %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="seeds the split, the initialisation and the batch order (default %(default)s)")
+    g.add_argument("--distributed", choices=DIST_KINDS, default=None,
+                   help="train on the processes torchrun starts (torchrun --nproc-per-node N -m epi_fast train --distributed "
+                   "ddp ...): ddp (DistributedDataParallel) or fsdp (fully_shard per block); --batch-size stays the global "
+                   "batch, rank 0 writes the run directory (docs/DISTRIBUTED.md)")
+    g.add_argument("--dist-timeout", type=argtypes.positive_float, default=DIST_TIMEOUT, metavar="SECONDS",
+                   help="with --distributed: how long a collective waits for the other ranks before the run fails "
+                   "(default %(default)g)")
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None,
                    help="run directory to create (summary.json, metrics.jsonl, checkpoint.pt, epi_curve.png, model.pt; lm: also "
@@ -203,17 +211,19 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _validate_train(args) -> None:
-    """Every check that can fail before any work starts: these are usage errors (exit 2)."""
+def _validate_train(args, check_dir: bool = True) -> None:
+    """Every check that can fail before any work starts: these are usage errors (exit 2).
+    check_dir: whether to check --out (in a distributed run rank 0 alone does)."""
     from .rundir import RunDirRefused, check_out
     from .training import fill_defaults
 
     if args.out is None:
         raise UsageError("the following arguments are required: --out (or --resume RUN_DIR)")
-    try:
-        check_out(args.out, args.overwrite)
-    except RunDirRefused as e:
-        raise UsageError(str(e)) from None
+    if check_dir:
+        try:
+            check_out(args.out, args.overwrite)
+        except RunDirRefused as e:
+            raise UsageError(str(e)) from None
     _check_task_options(args)
     fill_defaults(args)
     validate_filled(args)
@@ -234,6 +244,8 @@ def validate_filled(args) -> None:
             raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
     elif args.device != "cpu":
         raise UsageError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if getattr(args, "distributed", None) is not None:
+        _check_distributed(args)
     if args.deadline_epoch is not None and args.deadline_epoch > args.epochs:
         raise UsageError(f"--deadline-epoch {args.deadline_epoch} is after the last epoch ({args.epochs})")
     if args.warmup_epochs > args.epochs:
@@ -260,6 +272,21 @@ def validate_filled(args) -> None:
         raise UsageError(f"--data {args.data}: no such directory")
     if os.path.isdir(args.data) and _inside(args.out, args.data):
         raise UsageError(f"--out {args.out} is inside --data {args.data}: the run would become part of the data set")
+
+
+def _check_distributed(args) -> None:
+    """The usage errors of --distributed that need no process group."""
+    from .dist_job import launched_world_size, per_rank_batch
+
+    if args.device not in ("cpu", "cuda"):
+        raise UsageError(f"--distributed takes --device cpu or cuda (each rank uses the GPU of its LOCAL_RANK), not "
+                         f"{args.device!r}")
+    world = launched_world_size()
+    if world is not None:
+        per_rank_batch(args.batch_size, world, UsageError)
+    if args.distributed == "fsdp" and args.amp and args.device == "cuda":
+        raise UsageError("--amp with --distributed fsdp on CUDA is not supported: float16 loss scaling would have to skip "
+                         "the same steps on every rank; train in float32, or with --distributed ddp")
 
 
 def _check_task_options(args) -> None:
@@ -296,6 +323,40 @@ def _evaluate(model, loader, device, amp_dtype) -> float:
     return correct / max(1, total)
 
 
+def _evaluate_counts(module, loader, device, amp_dtype, job, stand_in):
+    """(correct, total) over the test set, each rank counting its share (`loader`), summed over
+    the ranks. Every rank runs as many forwards as the rank with the most batches (FSDP's
+    forward is a collective): the missing ones on `stand_in`, uncounted."""
+    import torch
+
+    from .dist_job import max_over_ranks
+
+    most = max_over_ranks(job, len(loader))
+    was_training = module.training
+    module.eval()
+    correct = total = done = 0
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            correct += int((module(x).argmax(1) == y).sum())
+            total += y.numel()
+            done += 1
+        for _ in range(most - done):
+            module(stand_in)
+    module.train(was_training)
+    c, t = job.all_sum([correct, total])
+    return int(c), int(t)
+
+
+def _rank_records(ranks: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """summary.json's distributed.ranks: every rank's prune epoch, reason and parameter count,
+    and whether its kept counts and EPI values are rank 0's."""
+    first = ranks[0]
+    return [{"rank": r["rank"], "prune_epoch": r["prune_epoch"], "prune_reason": r["prune_reason"], "params": r["params"],
+             "kept_counts_as_rank0": r["kept_counts"] == first["kept_counts"],
+             "epi_as_rank0": r["epi_tracked"] == first["epi_tracked"]} for r in ranks]
+
+
 def _ratio_key(r: float) -> str:
     from .report import summary_ratio_key
 
@@ -306,8 +367,9 @@ def _padded(values: Sequence[Optional[float]], length: int) -> List[Optional[flo
     return list(values)[:length] + [None] * max(0, length - len(values))
 
 
-def make_pruner(args, model, optimizer, example):
-    """The run's `EPIPruner` around `model` (the dense one, or on --resume the pruned one)."""
+def make_pruner(args, model, optimizer, example, state=None):
+    """The run's `EPIPruner` around `model` (the dense one; or on --resume after the prune the
+    pruned one, with the saved `state`)."""
     from ..policy.pruner import EPIPruner
 
     try:
@@ -315,7 +377,7 @@ def make_pruner(args, model, optimizer, example):
             model, optimizer, args.ratio, example, criterion=args.criterion, window=args.window, tau=args.tau,
             patience=args.patience, track_ratios=args.track_ratios, deadline_epoch=args.deadline_epoch,
             min_keep=args.min_keep, reduce=args.group_reduce, target=args.target,
-            max_layer_ratio=args.max_layer_ratio, round_to=args.round_to,
+            max_layer_ratio=args.max_layer_ratio, round_to=args.round_to, state=state,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -323,9 +385,14 @@ def make_pruner(args, model, optimizer, example):
 
 class _Setup:
     """Everything a run needs, built before anything is written: a failure here leaves --out
-    (and an earlier run there) as it was."""
+    (and an earlier run there) as it was.
 
-    def __init__(self, args) -> None:
+    job: the `dist_job.DistJob` of a --distributed run (None: one process). narrow: called on
+    the dense model before it is wrapped (a resumed FSDP run narrows it to the checkpoint's
+    shapes there, since a sharded model cannot be narrowed). pruner_state: a pruner state saved
+    after the prune, for a pruner built around the narrowed network."""
+
+    def __init__(self, args, job=None, narrow=None, pruner_state=None) -> None:
         import torch
         from torch.utils.data import DataLoader
 
@@ -333,9 +400,10 @@ class _Setup:
         from .training import make_optimizer, make_scheduler
         from ..models import VIT_MODEL_NAMES, build_model
 
+        self.job = job
         torch.set_num_threads(args.threads or _default_threads(args.data, args.task))
         _seed_everything(args.seed)
-        self.device = device = torch.device(args.device)
+        self.device = device = job.device if job is not None else torch.device(args.device)
         try:
             self.data = data = load_dataset(args.data, args.data_format, args.input_size, seed=args.seed)
         except DataFormatError:
@@ -354,20 +422,44 @@ class _Setup:
             model = build_model(args.model, **self.model_kwargs)
         except (KeyError, ValueError) as e:
             raise UsageError(f"--model: {e.args[0] if e.args else e}") from None
-        self.model = model.to(device)
+        if narrow is not None:
+            narrow(model)
+        model = model.to(device)
 
         gen = torch.Generator().manual_seed(args.seed)
         pin = device.type == "cuda"
-        self.train_loader = DataLoader(
-            data.train, batch_size=args.batch_size, shuffle=True, drop_last=len(data.train) > args.batch_size,
-            generator=gen, num_workers=args.workers, pin_memory=pin,
-        )
-        self.test_loader = DataLoader(data.test, batch_size=max(256, args.batch_size), num_workers=args.workers, pin_memory=pin)
+        self.train_sampler = None
+        test_set = data.test
+        if job is None:
+            batch = args.batch_size
+            self.train_loader = DataLoader(
+                data.train, batch_size=batch, shuffle=True, drop_last=len(data.train) > batch,
+                generator=gen, num_workers=args.workers, pin_memory=pin,
+            )
+        else:
+            from torch.utils.data import DistributedSampler, Subset
+
+            from .dist_job import per_rank_batch, shard_indices
+
+            # The global batch is --batch-size: each rank takes its share of every step.
+            batch = per_rank_batch(args.batch_size, job.world_size, UsageError)
+            self.train_sampler = DistributedSampler(data.train, num_replicas=job.world_size, rank=job.rank, shuffle=True,
+                                                    seed=args.seed, drop_last=True)
+            # The loader's generator still seeds its workers; the order is the sampler's.
+            self.train_loader = DataLoader(
+                data.train, batch_size=batch, sampler=self.train_sampler, drop_last=len(self.train_sampler) > batch,
+                generator=gen, num_workers=args.workers, pin_memory=pin,
+            )
+            test_set = Subset(data.test, shard_indices(len(data.test), job))
+        self.test_loader = DataLoader(test_set, batch_size=max(256, args.batch_size), num_workers=args.workers, pin_memory=pin)
         if len(self.train_loader) == 0:
             raise UsageError(f"--batch-size {args.batch_size}: the training set has only {len(data.train)} samples")
 
+        # DDP, or FSDP's shards, before the optimizer: under FSDP it must hold the sharded
+        # parameters. (DDP's wrapper holds the very parameters of the module.)
+        self.model = job.wrap(model) if job is not None else model
         # SGD or AdamW without weight decay on norm scales and biases; warm-up then cosine per step.
-        self.optimizer = make_optimizer(model, args.lr, args.momentum, args.weight_decay, args.optimizer)
+        self.optimizer = make_optimizer(self.model, args.lr, args.momentum, args.weight_decay, args.optimizer)
         self.steps_per_epoch = len(self.train_loader)
         self.scheduler = make_scheduler(self.optimizer, args.epochs, self.steps_per_epoch, args.warmup_epochs)
 
@@ -380,9 +472,10 @@ class _Setup:
 
         self.example = data.example_input(1).to(device)
         self.data_generator = gen  # fixes the batch order: part of a checkpoint
-        self.pruner = make_pruner(args, model, self.optimizer, self.example)
-        # Sizes of the dense network, counted once (the pruner's report recounts them while unpruned).
-        self.dense_report = self.pruner.report()
+        self.pruner = make_pruner(args, self.model, self.optimizer, self.example, state=pruner_state)
+        # Sizes of the dense network, counted once (the pruner's report recounts them while
+        # unpruned; after the prune it holds both).
+        self.dense_report = self.pruner.report() if not self.pruner.pruned else None
 
 
 class _Run:
@@ -395,6 +488,9 @@ class _Run:
 
         self.args = args
         self.s = setup
+        self.job = setup.job
+        # In a distributed run rank 0 alone writes the run directory and prints.
+        self.writes = self.job is None or self.job.is_main
         self.outdir = ""  # set by run_train once the directory exists
         self.process = process_entry()
         self.metrics: List[Dict[str, Any]] = []
@@ -472,6 +568,8 @@ class _Run:
             "device": str(self.s.device),
             "threads": torch.get_num_threads(),
             "group_reduce": args.group_reduce,
+            "distributed": None if self.job is None else {
+                **self.job.describe(), "per_rank_batch": args.batch_size // self.job.world_size},
             # The command line as parsed (defaults filled in), for a later --resume.
             "arguments": {k: v for k, v in sorted(vars(args).items()) if k not in ("func", "command", "debug", "resume")},
             # Where relative paths among the arguments (--data) were given from.
@@ -489,6 +587,8 @@ class _Run:
     def write_progress(self, status: str = "running", **extra: Any) -> None:
         from . import report as rep
 
+        if not self.writes:
+            return
         rep.write_jsonl(self._path("metrics.jsonl"), self.metrics)
         rep.write_json(self._path("summary.json"), self.summary(status, **extra))
 
@@ -529,11 +629,13 @@ class _Run:
         model, optimizer, pruner, device, amp_dtype = s.model, s.optimizer, s.pruner, s.device, s.amp_dtype
         t_epoch = time.perf_counter()
         model.train()
+        if s.train_sampler is not None:
+            s.train_sampler.set_epoch(epoch)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
         bar = tqdm(total=s.steps_per_epoch, desc=f"epoch {epoch}/{args.epochs}", leave=False, file=sys.stderr,
-                   disable=args.no_progress, dynamic_ncols=True)
+                   disable=args.no_progress or not self.writes, dynamic_ncols=True)
         try:
             for x, y in s.train_loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -548,18 +650,19 @@ class _Run:
                 bar.update(1)
         finally:
             bar.close()  # also on Ctrl-C: no half-drawn bar before the last line
+        loss_total, correct_total, seen = self.summed(float(loss_sum), int(correct), seen)
         lr_now = optimizer.param_groups[0]["lr"]
         pruned_now = pruner.epoch_end()
         if pruned_now:
-            model = s.model = pruner.module
-        test_top1 = _evaluate(model, s.test_loader, device, amp_dtype)
+            model = self.after_prune()
+        test_top1 = self.evaluate(model)
         epi_now = {_ratio_key(r): (h[epoch] if len(h) > epoch else None) for r, h in pruner.epi_history.items()}
         params = sum(p.numel() for p in model.parameters())
         record = {
             "epoch": epoch,
             "lr": lr_now,
-            "loss": float(loss_sum) / max(1, seen),
-            "train_top1": int(correct) / max(1, seen),
+            "loss": loss_total / max(1, seen),
+            "train_top1": int(correct_total) / max(1, seen),
             "test_top1": test_top1,
             "epi": epi_now,
             "pruned": pruner.pruned,
@@ -579,23 +682,78 @@ class _Run:
         )
         if pruned_now:
             line += f"  <- pruned ({pruner.prune_reason})"
-        tqdm.write(line, file=sys.stdout)
+        self.say(line)
         if pruned_now:
             late = late_prune_message(pruner.prune_epoch, args.epochs)
             if late:
                 self.warnings.append(late)
-                tqdm.write(f"epi-fast train: warning: {late}", file=sys.stderr)
+                self.say(f"epi-fast train: warning: {late}", sys.stderr)
         if not math.isfinite(record["loss"]):
             raise RuntimeError(f"training diverged at epoch {epoch} (loss is {record['loss']}); try a smaller --lr")
         self.end_epoch()
 
     def end_epoch(self) -> None:
         """checkpoint.pt first, then metrics.jsonl and summary.json: a run killed between them
-        resumes from the checkpoint, whose metrics replace the files'."""
+        resumes from the checkpoint, whose metrics replace the files'. In a distributed run every
+        rank then learns whether rank 0 wrote them."""
+        from .dist_job import together
         from .resume import write_checkpoint
 
-        write_checkpoint(self)
-        self.write_progress()
+        with together(self.job, f"writing the files of epoch {self.epochs_completed}"):
+            write_checkpoint(self)
+            self.write_progress()
+
+    # -- what differs with --distributed -----------------------------------------------------
+    def say(self, line: str, file=None) -> None:
+        """A line on stdout (or `file`) from rank 0 alone."""
+        from tqdm import tqdm
+
+        if self.writes:
+            tqdm.write(line, file=file or sys.stdout)
+
+    def summed(self, *values):
+        """Per-rank sums (loss, correct, seen) summed over the ranks; as they are in one process."""
+        if self.job is None:
+            return values
+        return self.job.all_sum(values)
+
+    def rank_record(self) -> Dict[str, Any]:
+        """What this rank decided and holds at the end, for rank 0's summary."""
+        p = self.s.pruner
+        return {"rank": self.job.rank, "prune_epoch": p.prune_epoch, "prune_reason": p.prune_reason,
+                "params": sum(int(t.numel()) for t in self.s.model.parameters()), "kept_counts": p.kept_counts,
+                "epi_tracked": {_ratio_key(r): list(h) for r, h in p.epi_history.items()}}
+
+    def after_prune(self):
+        """The model to train after the prune: the pruned module (under FSDP sharded again by
+        the pruner), in a new DDP wrapper under --distributed ddp (the old one's buckets hold the
+        dense parameters)."""
+        s = self.s
+        if self.job is not None and self.job.kind == "ddp":
+            from ..distributed import rewrap_ddp
+
+            s.model = rewrap_ddp(s.model)
+        else:
+            s.model = s.pruner.module
+        return s.model
+
+    def eval_module(self, model):
+        """What evaluates: the module itself, outside DDP's wrapper (whose forward would
+        broadcast buffers, a collective that every rank would have to run equally often), with
+        rank 0's buffers on every rank when distributed."""
+        if self.job is None:
+            return model
+        module = model.module if self.job.kind == "ddp" else model
+        self.job.sync_buffers(module)
+        return module
+
+    def evaluate(self, model) -> float:
+        """Held-out top-1: one process evaluates the whole test set; ranks their shares, summed."""
+        s = self.s
+        if self.job is None:
+            return _evaluate(model, s.test_loader, s.device, s.amp_dtype)
+        correct, total = _evaluate_counts(self.eval_module(model), s.test_loader, s.device, s.amp_dtype, self.job, s.example)
+        return correct / max(1, total)
 
     def train(self) -> None:
         # A resumed run goes on from the epoch after its checkpoint, its clock from train_seconds.
@@ -611,18 +769,35 @@ class _Run:
         """Restore `task_checkpoint`'s entries."""
 
     def finish(self) -> Dict[str, Any]:
+        import torch
+
         from . import report as rep
-        from ..surgery.serialize import save_pruned
+        from .._io import atomic_write
+        from .dist_job import together
+        from ..surgery.serialize import model_payload
 
         args, s = self.args, self.s
-        save_pruned(s.pruner.module, self._path("model.pt"), arch={"name": args.model, "kwargs": dict(s.model_kwargs)})
-        rep.plot_epi_curve(
-            self._path("epi_curve.png"), self._epi_tracked(), args.tau, s.pruner.prune_epoch,
-            title=f"EPI, {args.model} on {s.data.name}, {args.criterion}",
-        )
-        self.write_task_plots()
+        full = None
+        if self.job is not None and self.job.kind == "fsdp":
+            from .dist_job import full_state_dict
+
+            full = full_state_dict(s.model)  # every rank takes part; rank 0 receives it
         summary = self.summary("completed")
-        rep.write_json(self._path("summary.json"), summary)
+        if self.job is not None:
+            ranks = self.job.gather(self.rank_record())
+            if ranks is not None:
+                summary["distributed"]["ranks"] = _rank_records(ranks)
+        with together(self.job, "writing the final files"):
+            if self.writes:
+                payload = model_payload(s.pruner.module, arch={"name": args.model, "kwargs": dict(s.model_kwargs)},
+                                        state_dict=full)
+                atomic_write(self._path("model.pt"), lambda f: torch.save(payload, f))
+                rep.plot_epi_curve(
+                    self._path("epi_curve.png"), self._epi_tracked(), args.tau, s.pruner.prune_epoch,
+                    title=f"EPI, {args.model} on {s.data.name}, {args.criterion}",
+                )
+                self.write_task_plots()
+                rep.write_json(self._path("summary.json"), summary)
         return summary
 
     def write_task_plots(self) -> None:
@@ -648,6 +823,11 @@ class _Run:
             status = "failed"
             extra = {"error": f"{type(e).__name__}: {one_line(e)}"}
             detail = f"{where}; the run so far is in {self.args.out} (summary.json says \"failed\")"
+        if not self.writes:
+            if isinstance(e, KeyboardInterrupt):
+                # torchrun passes Ctrl-C and SIGTERM to every rank: rank 0's line says it.
+                e.epi_fast_quiet = True  # type: ignore[attr-defined]
+            return  # rank 0 records it
         try:
             self.write_progress(status, **extra)
         except BaseException:  # a second Ctrl-C, a full disk: the last consistent summary stays
@@ -659,27 +839,71 @@ class _Run:
 
 
 def run_train(args) -> int:
-    from .rundir import RunDirRefused, start
+    from .dist_job import check_not_launched, quiet_on_other_ranks
 
     if args.resume is not None:
         from .resume import resume_train
 
         return resume_train(args)
-    _validate_train(args)
+    try:
+        if args.distributed is None:
+            check_not_launched(UsageError)
+        # Every rank finds the same problems in the same arguments, before joining the others;
+        # rank 0 alone checks --out, after joining (`_train_new`).
+        _validate_train(args, check_dir=args.distributed is None)
+    except UsageError as e:
+        raise quiet_on_other_ranks(e)
+    job = start_distributed(args.distributed, args.device, args.dist_timeout)
+    try:
+        return _train_new(args, job)
+    finally:
+        if job is not None:
+            job.close()
+
+
+def start_distributed(kind: Optional[str], device: str, timeout: float):
+    """The `DistJob` of a --distributed run (the process group joined), None for one process."""
+    from .dist_job import quiet_on_other_ranks, start_job
+
+    if kind is None:
+        return None
+    try:
+        return start_job(kind, device, timeout, UsageError)
+    except UsageError as e:
+        raise quiet_on_other_ranks(e)
+
+
+def _train_new(args, job) -> int:
+    from .dist_job import together
+    from .rundir import RunDirRefused, check_out, start
+
+    if job is not None:
+        with together(job, "checking --out"):
+            if job.is_main:
+                try:
+                    check_out(args.out, args.overwrite)
+                except RunDirRefused as e:
+                    raise UsageError(str(e)) from None
     if args.task == "lm":
         from .lm import LMRun as run_class, LMSetup as setup_class
     else:
         run_class, setup_class = _Run, _Setup
     try:
-        setup = setup_class(args)
+        with together(job, "setting up"):
+            setup = setup_class(args, job)
     except KeyboardInterrupt as e:
         e.epi_fast_detail = "before training started; nothing was written"  # type: ignore[attr-defined]
         raise
     run = run_class(args, setup)
     try:
-        run.outdir = start(args.out, args.overwrite, run.summary("running"))
-    except RunDirRefused as e:
-        raise UsageError(str(e)) from None
+        with together(job, "creating the run directory"):
+            if run.writes:
+                try:
+                    run.outdir = start(args.out, args.overwrite, run.summary("running"))
+                except RunDirRefused as e:
+                    raise UsageError(str(e)) from None
+            else:
+                run.outdir = os.path.abspath(args.out)
     except KeyboardInterrupt as e:
         e.epi_fast_detail = "before training started"  # type: ignore[attr-defined]
         raise
@@ -693,11 +917,28 @@ def train_to_end(run, where: str) -> int:
         run.train()
         summary = run.finish()
     except BaseException as e:
-        run.record_stop(e)
-        raise
-    print(run.final_line(summary))
-    print(f"results in {where}")
+        err = _explained(run, e)
+        run.record_stop(err)
+        if err is e:
+            raise
+        raise err from e
+    if run.writes:
+        print(run.final_line(summary))
+        print(f"results in {where}")
     return 0
+
+
+def _explained(run, e: BaseException) -> BaseException:
+    """`e`, or for torch.distributed's error about a rank that went away, an error that says so."""
+    if run.job is None:
+        return e
+    from .dist_job import lost_peer
+    from .errors import one_line
+
+    if not lost_peer(e):
+        return e
+    return RuntimeError(f"lost contact with the other ranks (one of them failed or was stopped, or did not answer within "
+                        f"--dist-timeout {run.job.timeout:g} s): {one_line(e)}")
 
 
 # -- entry point -----------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def run_reporting_errors(prog: str, debug: bool, func: Callable[[], int],
         except usage_errors as e:
             if debug:
                 traceback.print_exc()
-            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+            _print_error(prog, e, one_line(e))
             return 2
         except KeyboardInterrupt as e:
             return report_interrupt(prog, debug, e)
@@ -94,8 +94,18 @@ def run_reporting_errors(prog: str, debug: bool, func: Callable[[], int],
             # Expected failures read as plain messages; anything else names its type.
             kind = "" if isinstance(e, (RuntimeError, OSError, ValueError)) else f"{type(e).__name__}: "
             detail = getattr(e, "epi_fast_detail", None)
-            print(f"{prog}: error: {kind}{one_line(e)}{' (' + detail + ')' if detail else ''}", file=sys.stderr)
-            return 1
+            _print_error(prog, e, f"{kind}{one_line(e)}{' (' + detail + ')' if detail else ''}")
+            return int(getattr(e, "epi_fast_exit_status", 1))
+
+
+def _print_error(prog: str, e: BaseException, text: str) -> None:
+    # In a distributed run (app/dist_job.py) an error that another rank prints already is
+    # marked quiet, and one that only a rank other than 0 met names that rank.
+    if getattr(e, "epi_fast_quiet", False):
+        return
+    rank = getattr(e, "epi_fast_rank", None)
+    where = f" (rank {rank})" if rank is not None else ""
+    print(f"{prog}{where}: error: {text}", file=sys.stderr)
 
 
 def report_interrupt(prog: str, debug: bool, e: KeyboardInterrupt) -> int:
@@ -105,5 +115,6 @@ def report_interrupt(prog: str, debug: bool, e: KeyboardInterrupt) -> int:
     signum = _signum(e)
     how = "" if signum == signal.SIGINT else f" ({interrupt_signal_name(signum)})"
     detail: Optional[str] = getattr(e, "epi_fast_detail", None)
-    print(f"{prog}: interrupted{how}{': ' + detail if detail else ''}", file=sys.stderr)
+    if not getattr(e, "epi_fast_quiet", False):
+        print(f"{prog}: interrupted{how}{': ' + detail if detail else ''}", file=sys.stderr)
     return interrupt_exit_status(e)

@@ -65,8 +65,11 @@ def validation_windows(val, seq_len: int):
     return out
 
 
-def evaluate_lm(model, windows, device, amp_dtype=None, batch: int = EVAL_BATCH) -> Dict[str, float]:
-    """Mean cross entropy, perplexity and top-1 of every prediction of `windows`."""
+def evaluate_lm(model, windows, device, amp_dtype=None, batch: int = EVAL_BATCH, job=None) -> Dict[str, float]:
+    """Mean cross entropy, perplexity and top-1 of every prediction of `windows`. With `job` (a
+    distributed run), each rank evaluates every WORLD_SIZE-th chunk of windows and the sums are
+    added over the ranks; every rank runs as many forwards as the rank with the most (FSDP's
+    forward is a collective), the missing ones on a stand-in chunk, uncounted."""
     import torch
     import torch.nn.functional as F
 
@@ -78,6 +81,13 @@ def evaluate_lm(model, windows, device, amp_dtype=None, batch: int = EVAL_BATCH)
     full = [w for w in windows if w[0].numel() == windows[0][0].numel()]
     rest = [w for w in windows if w[0].numel() != windows[0][0].numel()]
     chunks = [full[i:i + batch] for i in range(0, len(full), batch)] + [[w] for w in rest]
+    stand_ins = 0
+    if job is not None:
+        from .dist_job import max_over_ranks
+
+        mine = chunks[job.rank::job.world_size]
+        stand_ins = max_over_ranks(job, len(mine)) - len(mine)
+        chunks = mine
     with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         for chunk in chunks:
             x = torch.stack([w[0] for w in chunk]).to(device=device, dtype=torch.long)
@@ -86,7 +96,12 @@ def evaluate_lm(model, windows, device, amp_dtype=None, batch: int = EVAL_BATCH)
             nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum").double()
             correct += (logits.argmax(-1) == y).sum()
             count += y.numel()
+        for _ in range(stand_ins):
+            model(input_ids=windows[0][0][None].to(device=device, dtype=torch.long), use_cache=False)
     model.train(was_training)
+    if job is not None:
+        total_nll, total_correct, count = job.all_sum([float(nll), int(correct), count])
+        nll, correct, count = torch.tensor(total_nll, dtype=torch.float64), int(total_correct), int(count)
     loss = float(nll) / max(1, count)
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "top1": int(correct) / max(1, count), "predictions": count}
 
@@ -94,7 +109,7 @@ def evaluate_lm(model, windows, device, amp_dtype=None, batch: int = EVAL_BATCH)
 class LMSetup:
     """Everything an lm run needs, built before anything is written (as `cli._Setup`)."""
 
-    def __init__(self, args) -> None:
+    def __init__(self, args, job=None, narrow=None, pruner_state=None) -> None:
         import torch
 
         from ..models import build_model
@@ -102,9 +117,10 @@ class LMSetup:
         from .text_data import load_text
         from .training import make_optimizer, make_scheduler
 
+        self.job = job
         torch.set_num_threads(args.threads or _default_threads(args.data, args.task))
         _seed_everything(args.seed)
-        self.device = device = torch.device(args.device)
+        self.device = device = job.device if job is not None else torch.device(args.device)
         try:
             self.data = data = load_text(args.data, args.seq_len)
         except (FileNotFoundError, ValueError) as e:
@@ -115,13 +131,25 @@ class LMSetup:
             model = build_model(args.model, **self.model_kwargs)
         except (KeyError, ValueError) as e:
             raise UsageError(f"--model: {e.args[0] if e.args else e}") from None
-        self.model = model.to(device)
+        if narrow is not None:
+            narrow(model)
+        model = model.to(device)
+        # Under --distributed every rank draws the same global batch of windows from the same
+        # generator and trains on its slice of it (`local_batch`): the data of the one-process run.
+        self.train_sampler = None
+        self.rows = slice(None)
+        if job is not None:
+            from .dist_job import per_rank_batch
+
+            b = per_rank_batch(args.batch_size, job.world_size, UsageError)
+            self.rows = slice(job.rank * b, (job.rank + 1) * b)
+        self.model = job.wrap(model) if job is not None else model
         self.train_tokens = data.train.to(device)
         self.val_windows = validation_windows(data.val, args.seq_len)
         self.generator = torch.Generator().manual_seed(args.seed)
         self.data_generator = self.generator  # fixes the windows drawn: part of a checkpoint
         self.steps_per_epoch = args.steps_per_epoch
-        self.optimizer = make_optimizer(model, args.lr, args.momentum, args.weight_decay, args.optimizer)
+        self.optimizer = make_optimizer(self.model, args.lr, args.momentum, args.weight_decay, args.optimizer)
         self.scheduler = make_scheduler(self.optimizer, args.epochs, self.steps_per_epoch, args.warmup_epochs)
         self.amp_dtype = None
         self.scaler = None
@@ -130,8 +158,8 @@ class LMSetup:
             self.scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
         # One window: the structure trace, and FLOPs per token (divided by its tokens).
         self.example = torch.zeros(1, args.seq_len, dtype=torch.long, device=device)
-        self.pruner = make_pruner(args, model, self.optimizer, self.example)
-        self.dense_report = self.pruner.report()
+        self.pruner = make_pruner(args, self.model, self.optimizer, self.example, state=pruner_state)
+        self.dense_report = self.pruner.report() if not self.pruner.pruned else None
 
     def batch(self, batch_size: int, seq_len: int):
         """`batch_size` windows of seq_len + 1 tokens at random starts of the training text."""
@@ -140,6 +168,10 @@ class LMSetup:
         starts = torch.randint(0, int(self.train_tokens.numel()) - seq_len, (batch_size,), generator=self.generator)
         idx = starts.to(self.train_tokens.device)[:, None] + torch.arange(seq_len + 1, device=self.train_tokens.device)
         return self.train_tokens[idx].long()
+
+    def local_batch(self, batch_size: int, seq_len: int):
+        """This rank's rows of the global `batch` (all of them in one process)."""
+        return self.batch(batch_size, seq_len)[self.rows]
 
 
 class LMRun(_Run):
@@ -196,7 +228,7 @@ class LMRun(_Run):
     def train(self) -> None:
         s = self.s
         if self.initial is None:  # a resumed run has it from its checkpoint
-            self.initial = evaluate_lm(s.model, s.val_windows, s.device, s.amp_dtype)
+            self.initial = self.evaluate_lm(s.model)
         super().train()
 
     def task_checkpoint(self) -> Dict[str, Any]:
@@ -218,10 +250,10 @@ class LMRun(_Run):
         model.train()
         loss_sum = torch.zeros((), device=device)
         bar = tqdm(total=s.steps_per_epoch, desc=f"epoch {epoch}/{args.epochs}", leave=False, file=sys.stderr,
-                   disable=args.no_progress, dynamic_ncols=True, unit="step")
+                   disable=args.no_progress or not self.writes, dynamic_ncols=True, unit="step")
         try:
             for _ in range(s.steps_per_epoch):
-                xy = s.batch(args.batch_size, args.seq_len)
+                xy = s.local_batch(args.batch_size, args.seq_len)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = model(input_ids=xy[:, :-1], use_cache=False).logits
                     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), xy[:, 1:].reshape(-1))
@@ -232,13 +264,15 @@ class LMRun(_Run):
             train_loop_seconds = time.perf_counter() - t_epoch
         finally:
             bar.close()
+        if self.job is not None:  # each rank's mean over equal slices: their mean is the batch's
+            train_loss = self.summed(train_loss)[0] / self.job.world_size
         lr_now = optimizer.param_groups[0]["lr"]
-        before = evaluate_lm(model, s.val_windows, device, amp_dtype)
+        before = self.evaluate_lm(model)
         pruned_now = pruner.epoch_end()
         val = before
         if pruned_now:
-            model = s.model = pruner.module
-            val = evaluate_lm(model, s.val_windows, device, amp_dtype)
+            model = self.after_prune()
+            val = self.evaluate_lm(model)
         epi_now = {_ratio_key(r): (h[epoch] if len(h) > epoch else None) for r, h in pruner.epi_history.items()}
         params = sum(p.numel() for p in model.parameters())
         tokens = s.steps_per_epoch * args.batch_size * args.seq_len
@@ -273,15 +307,21 @@ class LMRun(_Run):
                 f"EPI {'-' if target is None else f'{target:.4f}'}  params {params}  {record['tokens_per_second']:.0f} tok/s")
         if pruned_now:
             line += f"  <- pruned ({pruner.prune_reason})"
-        tqdm.write(line, file=sys.stdout)
+        self.say(line)
         if pruned_now:
             late = late_prune_message(pruner.prune_epoch, args.epochs)
             if late:
                 self.warnings.append(late)
-                tqdm.write(f"epi-fast train: warning: {late}", file=sys.stderr)
+                self.say(f"epi-fast train: warning: {late}", sys.stderr)
         if not math.isfinite(train_loss):
             raise RuntimeError(f"training diverged at epoch {epoch} (loss is {train_loss}); try a smaller --lr")
         self.end_epoch()
+
+    def evaluate_lm(self, model) -> Dict[str, float]:
+        s = self.s
+        if self.job is None:
+            return evaluate_lm(model, s.val_windows, s.device, s.amp_dtype)
+        return evaluate_lm(self.eval_module(model), s.val_windows, s.device, s.amp_dtype, job=self.job)
 
     # -- the end ---------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import argparse
 import os
 import random
 import sys
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from .cli import UsageError, train_to_end
 from .training import TASK_DEFAULTS
@@ -106,22 +106,41 @@ def _set_rng_state(setup, state: Dict[str, Any]) -> None:
     setup.data_generator.set_state(state["data"])
 
 
-def write_checkpoint(run) -> str:
-    """checkpoint.pt of `run` (a `cli._Run`) at the end of its last completed epoch, atomically."""
+def write_checkpoint(run) -> Optional[str]:
+    """checkpoint.pt of `run` (a `cli._Run`) at the end of its last completed epoch, atomically.
+    Returns its path (None on the ranks other than 0 of a distributed run, which write nothing
+    but their FSDP shards). Every rank of a distributed run must call it."""
     import torch
 
     from .._io import atomic_write
     from .._version import __version__
     from ..surgery.serialize import model_payload
 
-    args, s = run.args, run.s
+    args, s, job = run.args, run.s, run.job
+    arch = {"name": args.model, "kwargs": dict(s.model_kwargs)}
+    ranks = shards = None
+    if job is not None:
+        # Each rank's own generators and pruner state (an FSDP rank's Taylor sums are its shard's).
+        ranks = job.gather({"rng": _rng_state(s), "pruner": s.pruner.state_dict()})
+        if job.kind == "fsdp":
+            from .shards import save_shards
+
+            shards = save_shards(run)
+    if not run.writes:
+        return None
+    if shards is None:
+        model = model_payload(s.model, arch=arch)
+    else:
+        from .shards import architecture_payload
+
+        model = architecture_payload(s.pruner.module, arch)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "epi_fast_version": __version__,
         "task": args.task,
         "epochs_completed": run.epochs_completed,
-        "model": model_payload(s.model, arch={"name": args.model, "kwargs": dict(s.model_kwargs)}),
-        "optimizer": s.optimizer.state_dict(),
+        "model": model,
+        "optimizer": None if shards is not None else s.optimizer.state_dict(),
         "scheduler": s.scheduler.state_dict(),
         "scaler": None if s.scaler is None else s.scaler.state_dict(),
         "pruner": s.pruner.state_dict(),
@@ -132,9 +151,15 @@ def write_checkpoint(run) -> str:
         "working_directory": run.working_directory,
         "resumed_after_epochs": list(run.resumed_after_epochs),
         "task_state": run.task_checkpoint(),
+        "distributed": None if job is None else {"kind": job.kind, "world_size": job.world_size, "ranks": ranks,
+                                                 "shards": shards},
     }
     path = run._path(CHECKPOINT)
     atomic_write(path, lambda f: torch.save(payload, f))
+    if shards is not None:
+        from .shards import remove_other_shards
+
+        remove_other_shards(run.outdir, keep=shards)  # the previous epoch's, now that checkpoint.pt names this one
     return path
 
 
@@ -154,36 +179,67 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
 
 
 def restore(run, ckpt: Dict[str, Any]) -> None:
-    """Put `run` (just built from the stored arguments) in the state of `ckpt`."""
+    """Put `run` (just built from the stored arguments, by `setup_for`) in the state of `ckpt`."""
     from .training import make_optimizer, make_scheduler
     from ..surgery.serialize import restore_payload
 
-    args, s = run.args, run.s
-    state = ckpt["pruner"]
-    restore_payload(ckpt["model"], s.model)  # narrowed in place when the checkpoint is after the prune
-    if state["pruned"]:
-        # The optimizer and schedule built around the dense network hold its parameters.
-        s.optimizer = make_optimizer(s.model, args.lr, args.momentum, args.weight_decay, args.optimizer)
-        s.scheduler = make_scheduler(s.optimizer, args.epochs, s.steps_per_epoch, args.warmup_epochs)
-        # The pruner built around the dense network holds the same module, now narrowed in
-        # place, which is what a post-prune state is loaded into. A new EPIPruner around the
-        # narrowed network would check the target against it, and a --target params/flops
-        # ratio is not reachable again from the pruned network (a ValueError). After the prune
-        # the pruner no longer uses the optimizer; it is given the new one all the same.
-        s.pruner.optimizer = s.optimizer
-    # The schedule was built first: building one sets the optimizer's learning rates.
-    s.optimizer.load_state_dict(ckpt["optimizer"])
+    args, s, job = run.args, run.s, run.job
+    state, rng = ckpt["pruner"], ckpt["rng"]
+    if job is not None:
+        mine = ckpt["distributed"]["ranks"][job.rank]
+        state, rng = mine["pruner"], mine["rng"]
+    if job is not None and job.kind == "fsdp":
+        from .shards import load_shards
+
+        # The model was narrowed before it was sharded, the pruner built after the prune around
+        # it (`setup_for`); the weights and optimizer state are in the sharded checkpoint.
+        load_shards(run, ckpt["distributed"]["shards"])
+    else:
+        restore_payload(ckpt["model"], s.model)  # narrowed in place when the checkpoint is after the prune
+        if state["pruned"]:
+            if job is not None:
+                from ..distributed import rewrap_ddp
+
+                s.model = rewrap_ddp(s.model)  # the wrapper built around the dense network holds its parameters
+            # The optimizer and schedule built around the dense network hold its parameters.
+            s.optimizer = make_optimizer(s.model, args.lr, args.momentum, args.weight_decay, args.optimizer)
+            s.scheduler = make_scheduler(s.optimizer, args.epochs, s.steps_per_epoch, args.warmup_epochs)
+            # The pruner built around the dense network holds the same module, now narrowed in
+            # place, which is what a post-prune state is loaded into. A new EPIPruner around the
+            # narrowed network would check the target against it, and a --target params/flops
+            # ratio is not reachable again from the pruned network (a ValueError). After the prune
+            # the pruner no longer uses the optimizer; it is given the new one all the same.
+            s.pruner.optimizer = s.optimizer
+        # The schedule was built first: building one sets the optimizer's learning rates.
+        s.optimizer.load_state_dict(ckpt["optimizer"])
     s.scheduler.load_state_dict(ckpt["scheduler"])
     if s.scaler is not None and ckpt.get("scaler") is not None:
         s.scaler.load_state_dict(ckpt["scaler"])
-    s.pruner.load_state_dict(state)
+    if not (s.pruner.pruned and state["pruned"]):  # (a pruner built with the state has it already)
+        s.pruner.load_state_dict(state)
     run.metrics = [dict(r) for r in ckpt["metrics"]]
     run.warnings = list(ckpt["warnings"])
     run.train_seconds = float(ckpt["train_seconds"])
     run.working_directory = ckpt.get("working_directory") or run.working_directory
     run.resumed_after_epochs = [int(e) for e in ckpt.get("resumed_after_epochs", [])] + [run.epochs_completed]
     run.load_task_checkpoint(ckpt.get("task_state") or {})
-    _set_rng_state(s, ckpt["rng"])  # last: nothing above may draw from them
+    _set_rng_state(s, rng)  # last: nothing above may draw from them
+
+
+def setup_for(setup_class, rargs, job, ckpt: Dict[str, Any]):
+    """The run's setup, built as the first start built it; under FSDP after the prune the dense
+    model is narrowed to the checkpoint's shapes before it is sharded, and the pruner is built
+    around it with its saved state."""
+    if job is None or job.kind != "fsdp":
+        return setup_class(rargs, job)
+    state = ckpt["distributed"]["ranks"][job.rank]["pruner"]
+    if not state["pruned"]:
+        return setup_class(rargs, job)
+    from ..surgery.serialize import narrow_to_shapes
+
+    model = ckpt["model"]
+    return setup_class(rargs, job, narrow=lambda m: narrow_to_shapes(m, model["modules"], model["shapes"]),
+                       pruner_state=state)
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -213,8 +269,9 @@ def _stored_arguments(args, marker: Dict[str, Any]) -> argparse.Namespace:
     return out
 
 
-def _remove_temporaries(path: str) -> None:
-    """The temporary files that atomic writes of a killed run left (theirs alone)."""
+def _remove_temporaries(path: str, ckpt: Dict[str, Any]) -> None:
+    """The temporary files that atomic writes of a killed run left (theirs alone), and the
+    sharded checkpoint folders that checkpoint.pt does not name (a killed FSDP run's)."""
     from .._io import is_temporary_of
     from .rundir import RUN_FILES
 
@@ -222,50 +279,107 @@ def _remove_temporaries(path: str) -> None:
         full = os.path.join(path, entry)
         if any(is_temporary_of(entry, n) for n in RUN_FILES) and os.path.isfile(full) and not os.path.islink(full):
             os.unlink(full)
+    dist = ckpt.get("distributed") or {}
+    if dist.get("kind") == "fsdp":
+        from .shards import remove_other_shards
+
+        remove_other_shards(path, keep=dist["shards"])
 
 
 def resume_train(args) -> int:
-    """`epi-fast train --resume RUN_DIR`."""
-    from .cli import validate_filled
-    from .rundir import MARKER, _live_pid, read_marker
+    """`epi-fast train --resume RUN_DIR` (under torchrun for a --distributed run)."""
+    from .dist_job import quiet_on_other_ranks
+    from .rundir import MARKER, read_marker
 
     path = args.resume
     if not os.path.isdir(path) or os.path.islink(path):
-        raise UsageError(f"--resume {path}: no such run directory")
+        raise quiet_on_other_ranks(UsageError(f"--resume {path}: no such run directory"))
     marker = read_marker(path)
     if marker is None:
-        raise UsageError(f"--resume {path} is not a run directory of epi-fast train (no {MARKER} of epi-fast inside)")
+        raise quiet_on_other_ranks(UsageError(f"--resume {path} is not a run directory of epi-fast train (no {MARKER} of "
+                                         "epi-fast inside)"))
     if marker.get("status") == "completed":
-        print(f"{path}: the run is completed ({marker.get('epochs_completed')} epochs); nothing to resume")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{path}: the run is completed ({marker.get('epochs_completed')} epochs); nothing to resume")
         return 0
     ckpt_path = os.path.join(path, CHECKPOINT)
     if not os.path.isfile(ckpt_path) or os.path.islink(ckpt_path):
-        raise UsageError(f"--resume {path} has no {CHECKPOINT} (the run stopped before its first epoch ended, or an "
-                         "epi-fast without --resume wrote it); it cannot be resumed")
-    pid = _live_pid(marker)
-    if pid is not None:
-        raise UsageError(f"--resume {path}: the run is still in progress (pid {pid})")
+        raise quiet_on_other_ranks(UsageError(
+            f"--resume {path} has no {CHECKPOINT} (the run stopped before its first epoch ended, or an epi-fast without "
+            "--resume wrote it); it cannot be resumed"))
     rargs = _stored_arguments(args, marker)
-    validate_filled(rargs)
-    ckpt = read_checkpoint(ckpt_path)
-    if ckpt.get("task") != rargs.task:
-        raise ValueError(f"{ckpt_path} is a checkpoint of --task {ckpt.get('task')}, the run's summary.json says {rargs.task}")
+    job = _join(rargs, marker, path)
+    try:
+        return _resume(args, rargs, marker, job, path, ckpt_path)
+    finally:
+        if job is not None:
+            job.close()
+
+
+def _join(rargs, marker: Dict[str, Any], path: str):
+    """The resumed run's `DistJob` (None for one process): a --distributed run resumes under
+    torchrun with as many processes as it had."""
+    from .cli import start_distributed
+    from .dist_job import check_not_launched, launched_world_size, quiet_on_other_ranks
+
+    kind = getattr(rargs, "distributed", None)
+    world = (marker.get("distributed") or {}).get("world_size")
+    if kind is not None:
+        launched = launched_world_size()
+        if launched is None:
+            raise UsageError(f"--resume {path}: the run was started with --distributed {kind} on {world} processes; resume "
+                             f"it the same way: torchrun --nproc-per-node {world} -m epi_fast train --resume {path}")
+        if world is not None and launched != world:
+            raise quiet_on_other_ranks(UsageError(
+                f"--resume {path}: the run was started on {world} processes, torchrun started {launched}; resume it "
+                f"on {world} (the per-rank batches, generators and shards are those of {world})"))
+    else:
+        try:
+            check_not_launched(UsageError)
+        except UsageError as e:
+            raise quiet_on_other_ranks(e)
+    return start_distributed(kind, rargs.device, rargs.dist_timeout)
+
+
+def _resume(args, rargs, marker, job, path: str, ckpt_path: str) -> int:
+    from .cli import validate_filled
+    from .dist_job import together
+    from .rundir import _live_pid
+
+    with together(job, "checking the run directory"):
+        if job is None or job.is_main:
+            pid = _live_pid(marker)
+            if pid is not None:
+                raise UsageError(f"--resume {path}: the run is still in progress (pid {pid})")
+        validate_filled(rargs)
+        ckpt = read_checkpoint(ckpt_path)
+        if ckpt.get("task") != rargs.task:
+            raise ValueError(f"{ckpt_path} is a checkpoint of --task {ckpt.get('task')}, the run's summary.json says "
+                             f"{rargs.task}")
+        saved = ckpt.get("distributed") or {}
+        if (job is None) != (not saved) or (job is not None and (saved.get("kind"), saved.get("world_size")) !=
+                                            (job.kind, job.world_size)):
+            raise ValueError(f"{ckpt_path} was written by a run on {saved.get('world_size', 1)} process(es) "
+                             f"({saved.get('kind') or 'not distributed'}), not as summary.json describes this one")
     if rargs.task == "lm":
         from .lm import LMRun as run_class, LMSetup as setup_class
     else:
         from .cli import _Run as run_class, _Setup as setup_class
     try:
-        setup = setup_class(rargs)
-        run = run_class(rargs, setup)
-        restore(run, ckpt)
+        with together(job, "restoring the run"):
+            setup = setup_for(setup_class, rargs, job, ckpt)
+            run = run_class(rargs, setup)
+            run.outdir = os.path.abspath(path)
+            restore(run, ckpt)
     except KeyboardInterrupt as e:
         e.epi_fast_detail = f"before training resumed; {path} is as it was"  # type: ignore[attr-defined]
         raise
-    run.outdir = os.path.abspath(path)
-    _remove_temporaries(run.outdir)
-    print(f"resuming {path} after epoch {run.epochs_completed} of {rargs.epochs}", file=sys.stderr)
     try:
-        run.write_progress()  # "running", by this process
+        with together(job, "marking the run directory"):
+            if run.writes:
+                _remove_temporaries(run.outdir, ckpt)
+                print(f"resuming {path} after epoch {run.epochs_completed} of {rargs.epochs}", file=sys.stderr)
+                run.write_progress()  # "running", by this process
     except BaseException as e:
         run.record_stop(e)
         raise

@@ -22,12 +22,15 @@ import datetime
 import errno
 import json
 import os
+import re
+import shutil
 import socket
 from typing import List, Optional
 
 from .._io import is_temporary_of, write_json
 
-__all__ = ["MARKER", "MARKER_FORMAT_PREFIX", "RUN_FILES", "RunDirRefused", "read_marker", "check_out", "start", "process_entry"]
+__all__ = ["MARKER", "MARKER_FORMAT_PREFIX", "RUN_FILES", "RunDirRefused", "read_marker", "check_out", "start", "process_entry",
+           "shard_dir_name", "is_shard_dir"]
 
 MARKER = "summary.json"
 MARKER_FORMAT_PREFIX = "epi_fast.summary/"
@@ -35,6 +38,33 @@ MARKER_FORMAT_PREFIX = "epi_fast.summary/"
 # must be added here, or --overwrite will refuse the runs that hold it.
 RUN_FILES = ("summary.json", "metrics.jsonl", "checkpoint.pt", "epi_curve.png", "model.pt", "perplexity.png")
 _MAX_MARKER_BYTES = 64 << 20
+# A `--distributed fsdp` run also writes one folder per epoch checkpoint, sharded by
+# torch.distributed.checkpoint (resume.py): checkpoint-EPOCH.dcp, first as a temporary
+# .checkpoint-EPOCH.dcp.XXXXXXXX.tmp, holding only what torch.distributed.checkpoint writes.
+_SHARD_DIR = re.compile(r"checkpoint-[0-9]+\.dcp")
+_SHARD_TMP = re.compile(r"\.checkpoint-[0-9]+\.dcp\.[A-Za-z0-9_]+\.tmp")
+_SHARD_FILE = re.compile(r"\.metadata(\.tmp)?|__[0-9]+\.metadata(\.tmp)?|__[0-9]+_[0-9]+\.distcp")
+
+
+def shard_dir_name(epoch: int) -> str:
+    """The folder of the sharded checkpoint written after `epoch`."""
+    return f"checkpoint-{int(epoch)}.dcp"
+
+
+def is_shard_dir(path: str, entry: str) -> bool:
+    """Whether `entry` of run directory `path` is a sharded checkpoint folder (or the temporary
+    one of an unfinished write) holding nothing but torch.distributed.checkpoint's files."""
+    if not (_SHARD_DIR.fullmatch(entry) or _SHARD_TMP.fullmatch(entry)):
+        return False
+    full = os.path.join(path, entry)
+    if os.path.islink(full) or not os.path.isdir(full):
+        return False
+    try:
+        inside = os.listdir(full)
+    except OSError:
+        return False
+    return all(_SHARD_FILE.fullmatch(f) and os.path.isfile(os.path.join(full, f)) and
+               not os.path.islink(os.path.join(full, f)) for f in inside)
 
 
 class RunDirRefused(Exception):
@@ -73,6 +103,8 @@ def _foreign_entries(path: str) -> List[str]:
     out = []
     for entry in sorted(os.listdir(path)):
         full = os.path.join(path, entry)
+        if is_shard_dir(path, entry):
+            continue
         if not _known(entry) or os.path.islink(full) or not os.path.isfile(full):
             out.append(entry)
     return out
@@ -191,7 +223,11 @@ def start(out: str, overwrite: bool, summary: dict) -> str:
             # says "running" for a process that is gone), never one without its marker.
             write_json(os.path.join(path, MARKER), summary)
             for entry in sorted(os.listdir(path)):
-                if entry != MARKER:
+                if entry == MARKER:
+                    continue
+                if is_shard_dir(path, entry):
+                    shutil.rmtree(os.path.join(path, entry))
+                else:
                     os.unlink(os.path.join(path, entry))
             return path
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -60,6 +60,9 @@ def rewrap_ddp(module: nn.Module, like: Optional[nn.Module] = None, **ddp_kwargs
         for name in _DDP_SETTINGS:
             if hasattr(like, name):
                 kwargs[name] = getattr(like, name)
+        if kwargs.get("broadcast_buffers") is True:
+            # The default; torch 2.14 warns that the argument is deprecated whenever it is given.
+            kwargs.pop("broadcast_buffers")
         if kwargs.get("device_ids") is None:
             kwargs.pop("device_ids", None)
             kwargs.pop("output_device", None)

@@ -232,10 +232,13 @@ def save_pruned(model: nn.Module, path, arch=None) -> str:
     return path
 
 
-def model_payload(model: nn.Module, arch=None) -> dict:
+def model_payload(model: nn.Module, arch=None, state_dict: Optional[dict] = None) -> dict:
     """What `save_pruned` writes: the format header, the architecture, the saved shapes of every
     module and the state_dict (on the CPU); plain containers and tensors only, so it loads with
-    torch.load(weights_only=True). `restore_payload` reads it back into a dense instance."""
+    torch.load(weights_only=True). `restore_payload` reads it back into a dense instance.
+
+    state_dict: the weights to record instead of `model.state_dict()`: for a model sharded with
+    FSDP, the full state dict gathered on this rank (its own holds shards, DTensors)."""
     model = unwrap_model(model)
     modules, channels = {}, {}
     for name, m in model.named_modules():
@@ -250,7 +253,7 @@ def model_payload(model: nn.Module, arch=None) -> dict:
         "arch": _arch_entry(arch),
         "channels": channels,
         "modules": modules,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in (model.state_dict() if state_dict is None else state_dict).items()},
     }
     return payload
 
@@ -319,6 +322,16 @@ def _shrink(model: nn.Module, modules: dict, state: dict) -> None:
             saved = state.get(prefix + attr)
             if b is not None and saved is not None and saved.shape != b.shape:
                 m._buffers[attr] = torch.empty(saved.shape, dtype=b.dtype, device=b.device)
+
+
+def narrow_to_shapes(model: nn.Module, modules: dict, shapes: dict) -> nn.Module:
+    """Narrow the dense `model` in place to the module attributes of a `model_payload`
+    (`modules`) and the tensor shapes `shapes` ({state_dict key: list of ints}), without loading
+    weights: the new parameters and buffers are uninitialised, for a loader (a sharded
+    checkpoint) to fill. Returns the model."""
+    model = unwrap_model(model)
+    _shrink(model, modules, {k: torch.empty(tuple(v), device="meta") for k, v in shapes.items()})
+    return model
 
 
 def describe_mismatch(model: nn.Module, state: dict) -> str:
