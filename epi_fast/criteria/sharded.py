@@ -33,9 +33,9 @@ import torch.nn as nn
 from .. import ops
 from ..distributed import local_rows
 from ..layout.transformer import SliceView
-from .base import Accumulator, check_reduce
+from .base import check_reduce
 from .magnitude import Magnitude
-from .taylor import Taylor, _scaler_factor
+from .taylor import Taylor, TaylorSums, _scaler_factor
 
 __all__ = ["ShardedScorer", "ShardedTaylorAccumulator", "check_sharded_criterion"]
 
@@ -247,10 +247,12 @@ class ShardedScorer:
         return f"{what} of epoch {epoch}" if epoch else f"{what} at initialisation (t = 0)"
 
 
-class ShardedTaylorAccumulator(Accumulator):
+class ShardedTaylorAccumulator(TaylorSums):
     """`TaylorAccumulator` on shards (module docstring): the same scores, steps and skipped
     steps on every rank. `acc` holds, for conv/linear channel rows, this rank's own rows only
-    (added over the ranks by `scores()`), for the rows of split neurons the global values."""
+    (added over the ranks by `scores()`), for the rows of split neurons the global values; so
+    `state_dict()` holds this rank's sums (the same on every rank at an epoch's end, after
+    `reset`)."""
 
     def __init__(self, scorer: ShardedScorer) -> None:
         self.scorer = scorer
@@ -316,10 +318,6 @@ class ShardedTaylorAccumulator(Accumulator):
         self._skipped.add_(bad.to(torch.int64).reshape(1))
         self.steps += 1
 
-    @property
-    def skipped_steps(self) -> int:
-        return int(self._skipped.item())
-
     def scores(self, reduce: str = "sum") -> torch.Tensor:
         """float32 [N]: mean per-step Taylor score of each group neuron, equal on every rank (one
         all-reduce of the channel buffer)."""
@@ -330,27 +328,4 @@ class ShardedTaylorAccumulator(Accumulator):
         total = self.scorer.comm.all_reduce(own, self.scorer._what("epoch-end all-reduce of the Taylor scores"))
         if self.split_rows.numel():
             total[self.split_rows] = self.acc[self.split_rows]
-        good = (self.steps - self._skipped).clamp(min=1).to(torch.float32)
-        return self.plan.reduce(total / good, reduce)
-
-    def reset(self) -> None:
-        self.acc.zero_()
-        self._skipped.zero_()
-        self.steps = 0
-
-    def state_dict(self) -> dict:
-        """This rank's sums (at an epoch's end, after `reset`, the same on every rank)."""
-        return {"acc": self.acc.clone(), "skipped": self._skipped.clone(), "steps": self.steps, "mode": self.mode}
-
-    def load_state_dict(self, state: dict) -> None:
-        acc = state["acc"]
-        if tuple(acc.shape) != tuple(self.acc.shape):
-            raise ValueError(
-                f"state holds {acc.numel()} Taylor channels, this layout has {self.acc.numel()}: "
-                "it comes from another model or from before a prune"
-            )
-        if state.get("mode", self.mode) != self.mode:
-            raise ValueError(f"state was accumulated with mode {state['mode']!r}, this accumulator uses {self.mode!r}")
-        self.acc.copy_(acc)
-        self._skipped.copy_(state["skipped"].reshape(1))
-        self.steps = int(state["steps"])
+        return self.plan.reduce(self.mean(total), reduce)

@@ -64,7 +64,49 @@ def _scaler_factor(scaler, optimizer, device):
     return scale.double().reciprocal().float().reshape(1).to(device)
 
 
-class TaylorAccumulator(Accumulator):
+class TaylorSums(Accumulator):
+    """The state both Taylor accumulators keep (this one and the sharded one of
+    `epi_fast.criteria.sharded`): `acc` float32 [channels] of per-step terms, `_skipped` the
+    steps dropped for inf/NaN (on the device: no sync per step), `steps`, `mode`, `plan`;
+    subclasses set them and add `step()` and `scores()`."""
+
+    acc: torch.Tensor
+    _skipped: torch.Tensor
+    steps: int
+    mode: str
+
+    @property
+    def skipped_steps(self) -> int:
+        return int(self._skipped.item())
+
+    def mean(self, acc: torch.Tensor) -> torch.Tensor:
+        """`acc` divided by the steps that were not skipped (at least one)."""
+        good = (self.steps - self._skipped).clamp(min=1).to(torch.float32)
+        return acc / good
+
+    def reset(self) -> None:
+        self.acc.zero_()
+        self._skipped.zero_()
+        self.steps = 0
+
+    def state_dict(self) -> dict:
+        return {"acc": self.acc.clone(), "skipped": self._skipped.clone(), "steps": self.steps, "mode": self.mode}
+
+    def load_state_dict(self, state: dict) -> None:
+        acc = state["acc"]
+        if tuple(acc.shape) != tuple(self.acc.shape):
+            raise ValueError(
+                f"state holds {acc.numel()} Taylor channels, this layout has {self.acc.numel()}: "
+                "it comes from another model or from before a prune"
+            )
+        if state.get("mode", self.mode) != self.mode:
+            raise ValueError(f"state was accumulated with mode {state['mode']!r}, this accumulator uses {self.mode!r}")
+        self.acc.copy_(acc)
+        self._skipped.copy_(state["skipped"].reshape(1))
+        self.steps = int(state["steps"])
+
+
+class TaylorAccumulator(TaylorSums):
     """First-order Taylor scores accumulated over optimizer steps, in the layout's order.
 
     Per channel, a step adds ``f(sum over the channel's parameters of w * dL/dw)`` with f =
@@ -115,36 +157,10 @@ class TaylorAccumulator(Accumulator):
         ops.taylor_accumulate_(self.acc, self._skipped, params, grads, offsets, self.mode, inv_scale)
         self.steps += 1
 
-    @property
-    def skipped_steps(self) -> int:
-        return int(self._skipped.item())
-
     def scores(self, reduce: str = "sum") -> torch.Tensor:
         """float32 [N]: mean per-step Taylor score of each group neuron (zeros before any step)."""
         check_reduce(reduce)
-        good = (self.steps - self._skipped).clamp(min=1).to(torch.float32)
-        return self.plan.reduce(self.acc / good, reduce)
-
-    def reset(self) -> None:
-        self.acc.zero_()
-        self._skipped.zero_()
-        self.steps = 0
-
-    def state_dict(self) -> dict:
-        return {"acc": self.acc.clone(), "skipped": self._skipped.clone(), "steps": self.steps, "mode": self.mode}
-
-    def load_state_dict(self, state: dict) -> None:
-        acc = state["acc"]
-        if tuple(acc.shape) != tuple(self.acc.shape):
-            raise ValueError(
-                f"state holds {acc.numel()} Taylor channels, this layout has {self.acc.numel()}: "
-                "it comes from another model or from before a prune"
-            )
-        if state.get("mode", self.mode) != self.mode:
-            raise ValueError(f"state was accumulated with mode {state['mode']!r}, this accumulator uses {self.mode!r}")
-        self.acc.copy_(acc)
-        self._skipped.copy_(state["skipped"].reshape(1))
-        self.steps = int(state["steps"])
+        return self.plan.reduce(self.mean(self.acc), reduce)
 
 
 register_criterion("taylor", Taylor)
