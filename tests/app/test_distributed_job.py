@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from epi_fast.app.cli import main
 from epi_fast.app.resume import CHECKPOINT
+from checkpoint_wait import wait_for_checkpoint
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="gloo is not available")
 
@@ -297,20 +298,8 @@ def _stopped_torchrun(out, epoch):
     proc = subprocess.Popen(_torchrun("-m", "epi_fast", "train", "--distributed", "ddp", "--out", str(out), *ARGS),
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    deadline, seen = time.monotonic() + HANG, None
     try:
-        while True:
-            assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before it was stopped: {proc.stderr.read()}"
-            assert time.monotonic() < deadline, "timed out waiting for the checkpoint"
-            try:
-                mtime = os.stat(out / CHECKPOINT).st_mtime_ns
-            except FileNotFoundError:
-                mtime = None
-            if mtime is not None and mtime != seen:
-                seen = mtime
-                if torch.load(out / CHECKPOINT, weights_only=True)["epochs_completed"] >= epoch:
-                    break
-            time.sleep(0.01)
+        wait_for_checkpoint(proc, out / CHECKPOINT, epoch, HANG)
         ranks = _descendants(proc.pid)
         _kill_tree(proc)
         proc.wait(timeout=60)

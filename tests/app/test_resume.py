@@ -18,6 +18,7 @@ import torch
 from epi_fast.app.cli import main
 from epi_fast.app.resume import CHECKPOINT, CHECKPOINT_FORMAT
 from epi_fast.app.rundir import RUN_FILES
+from checkpoint_wait import wait_for_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMMON = ["--window", "2", "--patience", "1", "--deadline-epoch", "3", "--track-ratios", "0.3", "--threads", "1",
@@ -71,20 +72,8 @@ def _stopped_run(out, args, epoch, sig, while_running=None):
 
     proc = subprocess.Popen([sys.executable, "-m", "epi_fast", "train", "--out", str(out), *args], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=child_setup)
-    deadline, seen = time.monotonic() + 120, None
     try:
-        while True:
-            assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before it was stopped: {proc.stderr.read()}"
-            assert time.monotonic() < deadline, "timed out waiting for the checkpoint"
-            try:
-                mtime = os.stat(out / CHECKPOINT).st_mtime_ns
-            except FileNotFoundError:
-                mtime = None
-            if mtime is not None and mtime != seen:
-                seen = mtime
-                if _checkpoint_epochs(out) >= epoch:
-                    break
-            time.sleep(0.01)
+        wait_for_checkpoint(proc, out / CHECKPOINT, epoch, 120)
         if while_running is not None:
             while_running()
         proc.send_signal(sig)
