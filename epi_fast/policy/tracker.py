@@ -75,7 +75,6 @@ class StructureTracker:
                 self.criterion.accumulator(self.layout)
         self.epoch = 0
         self.initial: Optional[EpochRecord] = None
-        self._t0_recorded = False
         self._skipped_total = 0
         if self.accumulator is None:
             self.initial = self._observe(self._weight_scores())
