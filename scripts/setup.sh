@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=${EPI_FAST_VENV:-.venv}
 TORCH_SPEC=${EPI_FAST_TORCH:-"torch==2.14.1 torchvision==0.29.1"}
-PACKAGES="numpy pybind11 ninja cmake pytest hypothesis scipy tqdm matplotlib scikit-learn torch-pruning transformers accelerate lightning timm torchmetrics pycocotools"
+PACKAGES="numpy pybind11 ninja cmake pytest hypothesis scipy tqdm matplotlib scikit-learn torch-pruning transformers accelerate lightning timm torchmetrics pycocotools mnist1d"
 # pyproject.toml's build requirements that --no-build-isolation takes from the venv.
 BUILD_TOOLS="setuptools>=77 wheel"
 

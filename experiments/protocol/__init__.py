@@ -5,6 +5,9 @@
     python -m experiments.protocol --full             # the reproduction (docs/REPRODUCTION.md)
     python -m experiments.protocol --full --data /path/to/cifar-10-batches-py   # real data
 
+The full run's protocol (MNIST-1D and digits, validation splits, pre-def = deadline = T / 3,
+paired t intervals and sign-flip tests) is fixed in config.py and docs/REPRODUCTION.md.
+
 How it works (grid search as it is done in practice). For every (setting, seed, criterion)
 the dense network is trained ONCE for T epochs, watched by the shipped
 `epi_fast.policy.tracker.StructureTracker` over every ratio of the unit (the part of
@@ -23,12 +26,12 @@ main job's seeding, optimizer, schedule and steps per epoch). The dense trajecto
 EPI's prune epoch is the EPI-guided run's trajectory, so EPI's run is the branch at that epoch.
 
 Policies (per ratio):
-  oracle   best final top-1 over the branches at the candidate epochs (per seed)
+  oracle   the candidate epoch with the best validation top-1 (per seed), its test top-1
   init     branch at e = 0
-  predef   branch at a pre-defined epoch fixed before training (default round(T / 3))
+  predef   branch at a pre-defined epoch fixed before training (T // 3 in the full run)
   epi      branch at EPI's prune epoch, `epi_fast.policy.decision.prune_epoch_for(fired,
            deadline)`: the firing epoch (window 5, patience 5, the criterion's tau: 0.983
-           magnitude / 0.944 gradient), or the deadline (default T // 2) if it had not fired
+           magnitude / 0.944 gradient), or the deadline (the pre-defined epoch in the full run) if it had not fired
            by then, as EPIPruner(deadline_epoch=...) does; the table marks those.
 
 Every unit of work writes one JSON file under <out>/units/ (atomically); a rerun skips the
@@ -38,7 +41,7 @@ from the unit files (epi_fast 0.1's included); `--dry-run` lists what would run.
 
 Modules: config (modes, recipe, unit configs), data (settings), training (epoch, evaluation),
 dense (the tracked dense run), branches (the pruned branches, one unit), timing (the timing
-pass), analysis (policies, drops, costs), tables, figures, runner (jobs, workers, results),
+pass), analysis (policies, drops, paired comparisons, costs), stats (t intervals, sign-flip tests), tables, figures, runner (jobs, workers, results),
 cli, compare (old-vs-new unit comparison).
 """
 

@@ -54,7 +54,8 @@ def run_branch(setup: UnitSetup, run: DenseRun, ratio: float, e: int) -> Dict[st
         if cfg.get("branch_curves"):
             top1_curve.append(evaluate(m, setup.test))
     return {
-        "top1": evaluate(m, setup.test), "final_loss": loss,
+        # The oracle's epoch is chosen on val_top1; every reported accuracy is top1 (test).
+        "top1": evaluate(m, setup.test), "val_top1": evaluate(m, setup.val), "final_loss": loss,
         "flops_after": rep["flops_after"], "params_after": rep["params_after"],
         "kept": rep["kept"], "epoch_seconds": float(np.mean(secs)) if secs else None,
         "prune_seconds": prune_sec, "top1_curve": top1_curve or None,
@@ -97,12 +98,13 @@ def unit_result(setup: UnitSetup, run: DenseRun, deadline: int, epochs: Dict[flo
         "epi_fast_version": epi_fast.__version__,
         "environment": environment(),
         "data": setup.description,
-        "train_size": len(setup.train), "test_size": len(setup.test), "samples_per_epoch": setup.samples,
+        "train_size": len(setup.train), "val_size": len(setup.val), "test_size": len(setup.test), "samples_per_epoch": setup.samples,
         "tau": setup.config.tau, "deadline": deadline,
         "t0": T0_DESCRIPTIONS[t0_kind(cfg["criterion"])],
         "t0_scoring_samples": t0_scoring_samples(setup),
         "tracker": setup.config.to_dict(),
         "skipped_steps": run.tracker.skipped_steps,
+        "protocol_sha256": cfg.get("protocol_sha256"),
         "dense": {"top1": run.top1, "top1_final": run.top1[-1], "epoch_seconds": run.epoch_seconds,
                   "score_seconds": run.score_seconds, "flops": run.flops, "params": run.params},
         "layers": list(run.tracker.layers),

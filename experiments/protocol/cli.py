@@ -17,17 +17,18 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     for m in MODES:
         g.add_argument(f"--{m}", dest="mode", action="store_const", const=m, help=f"the {m} preset")
-    p.add_argument("--data", default=None, help="digits (default), digits-hard, or a CIFAR-10 batches / ImageFolder directory "
-                   "(runs that setting only)")
+    p.add_argument("--data", default=None, help="mnist1d, digits, digits-hard, or a CIFAR-10 batches / ImageFolder "
+                   "directory (runs that setting only; default: the mode's settings)")
     p.add_argument("--settings", default=None, help="comma list of settings (default: the mode's)")
-    p.add_argument("--model", default="resnet_small")
+    p.add_argument("--model", default=None,
+                   help="the network (default: resnet1d_small on mnist1d, resnet_small on the image settings)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--seeds", help="comma list, e.g. 0,1,2")
     p.add_argument("--ratios", help="comma list, e.g. 0.3,0.5,0.7,0.9")
     p.add_argument("--criteria", help=f"comma list of {','.join(CRITERIA)}")
     p.add_argument("--candidates", help="comma list of grid-search prune epochs (0 = initialisation)")
-    p.add_argument("--predef", type=int, help="the pre-defined prune epoch (default: the mode's, round(T/3) in full)")
-    p.add_argument("--deadline", type=int, help="EPI deadline epoch (default T // 2)")
+    p.add_argument("--predef", type=int, help="the pre-defined prune epoch (default: the mode's, T // 3 in full)")
+    p.add_argument("--deadline", type=int, help="EPI's deadline epoch (default: the mode's, equal to the pre-defined epoch)")
     p.add_argument("--train-subset", type=int, help="use only this many training images")
     p.add_argument("--magnitude-reduce", default="mean", choices=("sum", "mean", "max"),
                    help="how coupled channels' magnitudes combine into a group score (default mean, the library's "
@@ -74,7 +75,7 @@ def run_config(args: argparse.Namespace) -> Dict[str, Any]:
 def check_config(cfg: Dict[str, Any]) -> Optional[str]:
     """A usage error's message, or None."""
     T = cfg["epochs"]
-    bad = [e for e in cfg["candidates"] + [cfg["predef"]] if not 0 <= e < T]
+    bad = [e for e in cfg["candidates"] + [cfg["predef"]] + [cfg["deadline"]] if e is not None and not 0 <= e < T]
     if bad:
         return f"prune epochs {bad} are outside [0, {T})"
     unknown = [c for c in cfg["criteria"] if c not in CRITERIA]

@@ -16,19 +16,33 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(HERE, "results")
 
 _W, _P = TRAIN_DEFAULTS["window"], TRAIN_DEFAULTS["patience"]
+_T = TRAIN_DEFAULTS["epochs"]
+# The pre-defined prune epoch and EPI's deadline are one value, fixed before running: T / 3.
+_PREDEF = _T // 3
 MODES: Dict[str, Dict[str, Any]] = {
-    # < 60 s: one seed, one ratio, a 256-image training subset, 6 epochs.
+    # < 60 s: one seed, one ratio, a 256-image training subset of digits, 6 epochs.
     "smoke": dict(epochs=6, seeds=[0], ratios=[0.5], criteria=["magnitude", "gradient"], candidates=[0, 3],
-                  predef=3, deadline=None, train_subset=256, settings=["digits"], window=3, patience=3),
-    # < 5 min: 2 seeds, 2 ratios, 12 epochs.
-    "quick": dict(epochs=12, seeds=[0, 1], ratios=[0.5, 0.9], criteria=["magnitude", "gradient"],
-                  candidates=[0, 2, 4, 6, 8], predef=4, deadline=None, train_subset=None,
-                  settings=["digits"], window=_W, patience=_P),
-    "full": dict(epochs=TRAIN_DEFAULTS["epochs"], seeds=[0, 1, 2], ratios=[0.3, 0.5, 0.7, 0.9],
-                 criteria=["magnitude", "gradient"], candidates=[0, 2, 4, 6, 8, 10, 12, 15, 20, 25], predef=10,
-                 deadline=None, train_subset=None, settings=["digits", "digits-hard"], window=_W, patience=_P,
-                 seeds_by_setting={"digits-hard": [0, 1, 2, 3, 4]}),
+                  predef=3, deadline=3, train_subset=256, settings=["digits"], window=3, patience=3,
+                  max_layer_ratio=0.9),
+    # < 5 min: 2 seeds, 2 ratios, 12 epochs on digits (`--settings mnist1d` runs it on MNIST-1D).
+    "quick": dict(epochs=12, seeds=[0, 1], ratios=[0.3, 0.7], criteria=["magnitude", "gradient"],
+                  candidates=[0, 2, 4, 6], predef=4, deadline=4, train_subset=None,
+                  settings=["digits"], window=3, patience=3, max_layer_ratio=0.9),
+    # The protocol of docs/REPRODUCTION.md, fixed before its results (protocol_sha256() below):
+    # T = 30, pre-def = deadline = T / 3 = 10, oracle candidates every 5 epochs (sized so that
+    # the full run fits its budget; see the docs), 5 seeds on MNIST-1D, 3 on digits.
+    "full": dict(epochs=_T, seeds=[0, 1, 2, 3, 4], ratios=[0.3, 0.5, 0.7], criteria=["magnitude", "gradient"],
+                 candidates=[0, 5, 10, 15, 20], predef=_PREDEF, deadline=_PREDEF, train_subset=None,
+                 settings=["mnist1d", "digits"], window=_W, patience=_P, max_layer_ratio=0.9,
+                 seeds_by_setting={"digits": [0, 1, 2]}),
 }
+# The network of each setting (the command line's --model overrides it).
+SETTING_MODELS = {"mnist1d": "resnet1d_small", "digits": "resnet_small", "digits-hard": "resnet_small"}
+
+
+def default_model(setting: str) -> str:
+    return SETTING_MODELS.get(setting, "resnet_small")
+
 
 # The training recipe of every run: the main job's, as the unit files record it.
 TRAIN: Dict[str, Any] = {k: TRAIN_DEFAULTS[k] for k in ("batch_size", "lr", "momentum", "weight_decay", "warmup_epochs")}
@@ -67,7 +81,27 @@ def t0_kind(name: str) -> str:
 
 
 def setting_tag(setting: str) -> str:
-    return setting if setting in ("digits", "digits-hard") else os.path.basename(os.path.normpath(setting))
+    return setting if setting in SETTING_MODELS else os.path.basename(os.path.normpath(setting))
+
+
+def protocol_definition() -> Dict[str, Any]:
+    """Everything the full run's results depend on that is fixed in advance: the full mode, the
+    training recipe, the data definitions, the networks and the group reductions."""
+    from .data import DIGITS_VAL_FRACTION, MNIST1D
+
+    return {"full": MODES["full"], "train": TRAIN, "hard": HARD, "mnist1d": MNIST1D,
+            "digits_val_fraction": DIGITS_VAL_FRACTION, "models": SETTING_MODELS,
+            "reduce": {"magnitude": "mean", "gradient": "sum"}, "criteria": CRITERIA,
+            "oracle": "the candidate epoch with the best validation accuracy (ties: the earlier), reported on test"}
+
+
+def protocol_sha256() -> str:
+    """The hash of `protocol_definition()` (canonical JSON), recorded by every unit file."""
+    import hashlib
+    import json
+
+    text = json.dumps(protocol_definition(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def unit_config(setting: str, seed: int, crit: str, cfg: Dict[str, Any], mode: str, model: str,
@@ -76,8 +110,10 @@ def unit_config(setting: str, seed: int, crit: str, cfg: Dict[str, Any], mode: s
     return dict(setting=setting, setting_tag=setting_tag(setting), seed=seed, criterion=crit,
                 epochs=cfg["epochs"], ratios=list(cfg["ratios"]), candidates=list(cfg["candidates"]),
                 predef=cfg["predef"], deadline=cfg["deadline"], window=cfg["window"], patience=cfg["patience"],
-                model=model, train_subset=cfg["train_subset"], mode=mode, train=dict(TRAIN),
-                hard=dict(HARD) if setting == "digits-hard" else None, reduce=dict(reduce), t0=t0_kind(crit))
+                model=model or default_model(setting), train_subset=cfg["train_subset"], mode=mode,
+                train=dict(TRAIN), hard=dict(HARD) if setting == "digits-hard" else None, reduce=dict(reduce),
+                t0=t0_kind(crit), max_layer_ratio=cfg.get("max_layer_ratio", 1.0),
+                protocol_sha256=protocol_sha256())
 
 
 def legacy_t0(config: Dict[str, Any]) -> str:
@@ -108,12 +144,15 @@ def unit_path(out: str, cfg: Dict[str, Any]) -> str:
 def pruner_config(cfg: Dict[str, Any]):
     """The `PrunerConfig` of a unit: its first ratio the target, the others tracked, its
     criterion, window, patience and group reduction; tau the criterion's own; no deadline (the
-    protocol applies the deadline itself, with `prune_epoch_for`, to the finished curve). The
-    paper's rule: ratios count channels and no per-layer limit applies (max_layer_ratio=1.0)."""
+    protocol applies the deadline itself, with `prune_epoch_for`, to the finished curve). Ratios
+    count channels; the per-layer limit is the unit's max_layer_ratio (the library's default
+    0.9 in every mode: no layer loses more than 90% of its channels; units of earlier protocols
+    without it ran the paper's rule, 1.0)."""
     from epi_fast.policy.config import PrunerConfig
 
     ratios = list(cfg["ratios"])
     crit = cfg["criterion"]
     criterion(crit)  # a protocol criterion name
     return PrunerConfig.build(ratios[0], criterion=CRITERIA[crit], window=cfg["window"], patience=cfg["patience"],
-                              track_ratios=ratios[1:], reduce=cfg["reduce"][crit], max_layer_ratio=1.0)
+                              track_ratios=ratios[1:], reduce=cfg["reduce"][crit],
+                              max_layer_ratio=cfg.get("max_layer_ratio", 1.0))

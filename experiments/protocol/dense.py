@@ -37,17 +37,18 @@ class UnitSetup:
 
     cfg: Dict[str, Any]
     train: Tensors
+    val: Tensors
     test: Tensors
     num_classes: int
     in_channels: int
-    input_size: Tuple[int, int]
+    input_size: Tuple[int, ...]
     description: str
     config: Any = None  # the PrunerConfig
 
     @classmethod
     def load(cls, cfg: Dict[str, Any]) -> "UnitSetup":
-        train, test, k, cin, hw, desc = load_setting(cfg["setting"], cfg["seed"], cfg.get("train_subset"))
-        return cls(cfg, train, test, k, cin, hw, desc, pruner_config(cfg))
+        train, val, test, k, cin, shape, desc = load_setting(cfg["setting"], cfg["seed"], cfg.get("train_subset"))
+        return cls(cfg, train, val, test, k, cin, shape, desc, pruner_config(cfg))
 
     @property
     def example(self) -> torch.Tensor:
@@ -95,7 +96,7 @@ class DenseRun:
     early_bird: Dict[float, EarlyBirdIndicator] = field(default_factory=dict)
     spearman: List[Optional[float]] = field(default_factory=lambda: [None])
     kendall: List[Optional[float]] = field(default_factory=lambda: [None])
-    top1: List[float] = field(default_factory=list)
+    top1: List[float] = field(default_factory=list)      # test accuracy after epoch t
     epoch_seconds: List[float] = field(default_factory=list)
     score_seconds: List[float] = field(default_factory=list)
 

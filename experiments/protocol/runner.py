@@ -77,10 +77,11 @@ def pause_during_benchmarks(pool):
 
 
 def run_jobs(todo: List[Job], workers: int, yield_to_benchmarks: bool, t0: float) -> None:
-    """Run the units (cheap ones first: digits-hard trains on 400 images, so results arrive early)."""
+    """Run the units: MNIST-1D's first, seed by seed (both criteria of a seed together), so that
+    a run stopped part-way has whole paired seeds of the main setting."""
     from .branches import work
 
-    todo = sorted(todo, key=lambda j: (j[0]["setting"] != "digits-hard", j[0]["seed"], j[0]["criterion"]))
+    todo = sorted(todo, key=lambda j: (j[0]["setting"] != "mnist1d", j[0]["setting"], j[0]["seed"], j[0]["criterion"]))
     workers = max(1, min(workers, 2, len(todo)))
     if workers > 1:
         import multiprocessing as mp

@@ -9,9 +9,15 @@ def fmt(m: float, s: float) -> str:
     return f"{m:.2f} ± {s:.2f}"
 
 
+def _selected_on(c: Dict[str, Any]) -> str:
+    keys = {k for row in c["rows"].values() for k in row.get("selected_on", ["top1"])}
+    return "validation" if keys == {"val_top1"} else "test (no validation split)"
+
+
 def _criterion_header(crit: str, c: Dict[str, Any]) -> str:
     return (f"**{crit}** criterion (tau = {c['tau']}), T = {c['T']} epochs, {len(c['seeds'])} seeds; "
-            f"oracle over epochs {c['candidates']}; pre-def = epoch {c['predef']}; "
+            f"oracle over epochs {c['candidates']} (chosen on {_selected_on(c)}, reported on test); "
+            f"pre-def = epoch {c['predef']}; per-layer limit max_layer_ratio = {c.get('max_layer_ratio', 1.0)}; "
             f"EPI deadline = epoch {c['deadline']}; coupled channels combined by {c['reduce']}; "
             f"t = 0 scores: {'; '.join(c.get('t0', []))}. Final top-1 %, mean ± std over seeds.\n")
 
@@ -41,6 +47,47 @@ def _drop_rows(c: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def ci_cell(cmp: Dict[str, Any]) -> str:
+    """'+0.12 [-0.40, +0.64] p=0.81 (inconclusive)': mean, 95% t interval, sign-flip p, verdict."""
+    if cmp.get("ci") is None:
+        return "–" if cmp.get("mean") is None else f"{cmp['mean']:+.2f} (n = {cmp['n']})"
+    lo, hi = cmp["ci"]
+    return f"{cmp['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}] p={cmp['p_sign_flip']:.2f} ({cmp['verdict']})"
+
+
+def _comparison_rows(c: Dict[str, Any]) -> List[str]:
+    lines = ["Paired differences in points of test top-1, one pair per seed: mean [95% t interval], exact "
+             "sign-flip p, verdict; `detectable` = the smallest true EPI - pre-def this design detects with 80% "
+             "power (the observed sd taken as the truth).\n",
+             "| ratio | EPI - pre-def | EPI - init | EPI - oracle | forced at the deadline | EPI - pre-def, fired runs only "
+             "| detectable |", "|---|---|---|---|---|---|---|"]
+    for rk, row in c["rows"].items():
+        k = row["compare"]
+        det = k["epi_minus_predef"].get("detectable")
+        lines.append(f"| {float(rk):.0%} | {ci_cell(k['epi_minus_predef'])} | {ci_cell(k['epi_minus_init'])} | "
+                     f"{ci_cell(k['epi_minus_oracle'])} | {k['forced']} of {k['epi_minus_predef']['n']} | "
+                     f"{ci_cell(k['epi_minus_predef_fired_only'])} | {'–' if det is None else f'{det:.2f}'} |")
+    pool = c["pooled"]
+    det = pool["epi_minus_predef"].get("detectable")
+    lines.append(f"| pooled (per-seed mean over ratios) | {ci_cell(pool['epi_minus_predef'])} | "
+                 f"{ci_cell(pool['epi_minus_init'])} | {ci_cell(pool['epi_minus_oracle'])} | | | "
+                 f"{'–' if det is None else f'{det:.2f}'} |")
+    return lines
+
+
+def _post_hoc_rows(c: Dict[str, Any]) -> List[str]:
+    if not c.get("post_hoc"):
+        return []
+    lines = ["Post hoc (not part of the fixed protocol): EPI's window r and patience changed, prune epochs "
+             "recomputed from the recorded structures, EPI - pre-def paired as above.\n",
+             "| ratio | variant | prune epochs (†: deadline) | EPI - pre-def |", "|---|---|---|---|"]
+    for rk, variants in c["post_hoc"].items():
+        for name, v in variants.items():
+            eps = ",".join(f"{e}{'†' if why == 'deadline' else ''}" for e, why in zip(v["epi_epochs"], v["reasons"]))
+            lines.append(f"| {float(rk):.0%} | {name.replace(',', ', ')} | {eps} | {ci_cell(v['epi_minus_predef'])} |")
+    return lines
+
+
 def table_markdown(agg: Dict[str, Any]) -> str:
     lines: List[str] = []
     for crit, c in agg["criteria"].items():
@@ -49,6 +96,11 @@ def table_markdown(agg: Dict[str, Any]) -> str:
         lines.append("")
         lines += _drop_rows(c)
         lines.append("")
+        if "pooled" in c:
+            lines += _comparison_rows(c)
+            lines.append("")
+            lines += _post_hoc_rows(c)
+            lines.append("")
     lines.append("† EPI had not fired by the deadline epoch; pruned there (EPIPruner's `deadline_epoch`).\n")
     return "\n".join(lines)
 

@@ -110,3 +110,64 @@ def test_rerun_redoes_missing_changed_and_unreadable_units(tmp_path):
     store(2, dict(legacy_magnitude, epochs=7))
     assert (jobs[2][1], "configuration changed") in [(j[1], why) for j, why in pending(jobs)]
     assert jobs[1][0]["t0"] == T0_FIRST_STEP and T0_TRAIN_PASS != T0_FIRST_STEP
+
+
+def val_unit(seed, test_grid, val_grid, epi_epoch, reason="epi", structures=None):
+    """A unit of this protocol: branches carry validation and test accuracy separately."""
+    u = unit(seed, "magnitude", test_grid, epi_epoch, reason)
+    for e, v in val_grid.items():
+        u["branches"]["0.5"][str(e)]["val_top1"] = v
+    if structures is not None:
+        u["structures"] = {"0.5": structures}
+        u["config"].update(window=2, patience=0)
+    return u
+
+
+def test_oracle_epoch_is_chosen_on_validation_and_reported_on_test():
+    # Test says epoch 4 is best, validation says epoch 2: the oracle is epoch 2's test accuracy.
+    us = [val_unit(0, {0: 0.70, 2: 0.80, 4: 0.90}, {0: 0.70, 2: 0.85, 4: 0.80}, 2),
+          val_unit(1, {0: 0.60, 2: 0.82, 4: 0.84}, {0: 0.60, 2: 0.70, 4: 0.75}, 4)]
+    row = aggregate(us, "toy")["criteria"]["magnitude"]["rows"]["0.5"]
+    assert row["oracle_epochs"] == [2, 4] and row["selected_on"] == ["val_top1"]
+    assert row["oracle"]["values"] == pytest.approx([80.0, 84.0])
+    assert row["oracle_test_max"]["values"] == pytest.approx([90.0, 84.0])  # the optimistic, leaky one
+    assert "chosen on validation" in table_markdown(aggregate(us, "toy"))
+
+
+def test_paired_comparisons_forced_runs_and_pooling():
+    us = [val_unit(s, {0: 0.70 + s / 100, 2: 0.80, 4: 0.82}, {0: 0.7, 2: 0.8, 4: 0.8}, e, why)
+          for s, (e, why) in enumerate([(4, "epi"), (2, "deadline"), (4, "epi"), (0, "epi")])]
+    c = aggregate(us, "toy")["criteria"]["magnitude"]
+    k = c["rows"]["0.5"]["compare"]
+    # EPI - pre-def (pre-def = epoch 2 at 80%): +2, 0 (forced), +2, and seed 3 pruned at 0: 73 - 80.
+    assert k["epi_minus_predef"]["values"] == pytest.approx([2.0, 0.0, 2.0, -7.0])
+    assert k["forced"] == 1
+    assert k["epi_minus_predef_fired_only"]["values"] == pytest.approx([2.0, 2.0, -7.0])
+    assert k["epi_minus_init"]["values"] == pytest.approx([12.0, 9.0, 10.0, 0.0])
+    # One ratio: pooling over ratios is the per-seed mean, i.e. the same pairs.
+    assert c["pooled"]["epi_minus_predef"]["values"] == pytest.approx(k["epi_minus_predef"]["values"])
+    assert c["pooled"]["epi_minus_predef"]["verdict"] == "inconclusive"
+    md = table_markdown(aggregate(us, "toy"))
+    assert "| 50% | -0.75 [" in md and "1 of 4" in md
+
+
+def test_post_hoc_window_recomputes_the_prune_epoch():
+    # Structures: epoch 0 and 1 differ, then stay fixed: a window-2 EPI with tau 0.983 fires
+    # as soon as two consecutive structures agree; a window-5 one only once five do.
+    structs = [[4, 4], [2, 3]] + [[2, 2]] * 5
+    us = [val_unit(0, {e: 0.70 + e / 100 for e in range(7)}, {e: 0.7 for e in range(7)}, 4, structures=structs)]
+    us[0]["config"]["candidates"] = list(range(7))
+    us[0]["deadline"] = 6
+    post = aggregate(us, "toy")["criteria"]["magnitude"]["post_hoc"]["0.5"]
+    from epi_fast.indicator import EarlyPruningIndicator
+    from epi_fast.policy.decision import prune_epoch_for
+
+    for name, v in post.items():
+        ind = EarlyPruningIndicator(window=v["window"], tau=0.983, patience=v["patience"])
+        for s in structs:
+            ind.update(s)
+        want = prune_epoch_for(ind.fired_epoch, 6)
+        assert (v["epi_epochs"][0], v["reasons"][0]) == want, name
+        assert v["epi_minus_predef"]["values"] == pytest.approx([100 * (0.70 + want[0] / 100 - 0.72)])
+    assert [post[f"window={w},patience=0"]["epi_epochs"][0] for w in (2, 3, 5)] == [4, 5, 6]
+    assert post["window=5,patience=0"]["reasons"] == ["deadline"]

@@ -13,8 +13,9 @@ from experiments.protocol import training as tr
 from experiments.protocol.config import MODES, TRAIN, unit_config
 from experiments.protocol.dense import UnitSetup, dense_run
 
-# The smoke setting (256 training images, 4 steps per epoch), three ratios, a few epochs.
-CFG = dict(MODES["smoke"], epochs=5, ratios=[0.5, 0.9, 0.3], window=3, patience=3)
+# The smoke setting (256 training images, 4 steps per epoch), three ratios, a few epochs, on
+# digits (whose setting loads in a second).
+CFG = dict(MODES["smoke"], epochs=5, ratios=[0.5, 0.7, 0.3], window=3, patience=3)
 REDUCE = {"magnitude": "mean", "gradient": "sum"}
 
 
@@ -38,7 +39,7 @@ def pruner_run(setup: UnitSetup) -> EPIPruner:
     gen = torch.Generator().manual_seed(cfg["seed"])
     pruner = EPIPruner(model, opt, cfg["ratios"][0], setup.example, criterion=crit, window=cfg["window"],
                        patience=cfg["patience"], track_ratios=cfg["ratios"][1:], reduce=REDUCE[crit],
-                       max_layer_ratio=1.0)
+                       max_layer_ratio=cfg["max_layer_ratio"])
     bs, x, y = TRAIN["batch_size"], setup.train.x, setup.train.y
     for _ in range(cfg["epochs"]):
         model.train()
