@@ -47,7 +47,7 @@ DIGIT_DATA = "digit-canvases"
 # The embedded set as this job draws it: `digit_detection_splits`' own defaults (64 x 64
 # canvases of one to four digits, 12 to 24 px), with fewer validation images than the library's
 # 300 so that the per-epoch evaluation stays a few seconds (docs/DETECTION.md).
-DIGIT_OPTIONS: Dict[str, Any] = {"size": 64, "n_train": 1500, "n_val": 200, "n_test": 500}
+DIGIT_OPTIONS: Dict[str, Any] = {"size": 64, "n_train": 1200, "n_val": 200, "n_test": 500}
 # A COCO folder without splits: the fractions of its images (in a seeded order) for train, val, test.
 COCO_SPLIT = (0.7, 0.15, 0.15)
 EVAL_BATCH = 64  # images per forward pass in evaluation

@@ -70,7 +70,7 @@ TASK_DEFAULTS: Dict[str, Dict[str, Any]] = {
         "model": "ssd_resnet18",
         "ratio": 0.4,
         "criterion": "magnitude",
-        "epochs": 6,
+        "epochs": 5,
         "steps_per_epoch": None,
         "seq_len": None,
         "batch_size": 32,

@@ -137,7 +137,7 @@ def test_default_window_follows_the_schedule():
 
     ns = filled("--task", "detection")
     assert (ns.model, ns.data, ns.ratio, ns.optimizer) == ("ssd_resnet18", "digit-canvases", 0.4, "sgd")
-    assert ns.window == 2  # scaled_window(8): at least 2
+    assert ns.window == 2  # scaled_window(5): at least 2
     assert filled("--task", "detection", "--epochs", "160").window == 10  # 160 * 50 / 800
     assert filled("--task", "detection", "--window", "3").window == 3
     assert filled("--epochs", "160").window == 5 and filled().ratio == 0.5  # classification keeps its own
