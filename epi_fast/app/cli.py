@@ -4,6 +4,7 @@
     epi-fast train --data /data/cifar-10-batches-py --criterion gradient --epochs 60 --out runs/c10
     epi-fast train --model vit_tiny --out runs/vit   # a small vision transformer on the digits
     epi-fast train --task lm --out runs/lm      # a byte-level LLaMA decoder on pydoc_data.topics (lm.py)
+    epi-fast train --task detection --out runs/det   # SSD on ResNet-18 over digit canvases (detect.py)
 
 The options whose defaults depend on the task (and the optimizer) are None in the parser and
 filled in by `training.fill_defaults` before anything else is checked.
@@ -79,24 +80,32 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         "structurally when EPI fires (or at --deadline-epoch), and finish training the smaller network.",
     )
     lm = TASK_DEFAULTS["lm"]
+    det = TASK_DEFAULTS["detection"]
     g = p.add_argument_group("data and model")
     g.add_argument("--task", choices=TASKS, default="classify",
                    help="classify: image classification (default); lm: a byte-level LLaMA decoder trained as a causal "
-                   "language model (docs/TRANSFORMERS_JOBS.md)")
+                   "language model (docs/TRANSFORMERS_JOBS.md); detection: a torchvision detector with a ResNet backbone "
+                   "(docs/DETECTION.md)")
     g.add_argument("--data", default=None,
                    help=f"classify: '{d['data']}' (embedded, default), an ImageFolder directory, or a CIFAR-10 python batches "
-                   f"directory; lm: '{lm['data']}' (the text of Python's pydoc_data.topics, default) or a UTF-8 text file")
+                   f"directory; lm: '{lm['data']}' (the text of Python's pydoc_data.topics, default) or a UTF-8 text file; "
+                   f"detection: '{det['data']}' (embedded, default) or a COCO-format folder")
     g.add_argument("--data-format", default="auto", choices=FORMATS, help="format of --data (default: detected; classify only)")
-    g.add_argument("--input-size", type=argtypes.positive_int, nargs="+", metavar="N", help="ImageFolder image size: H [W] (default 32)")
+    g.add_argument("--input-size", type=argtypes.positive_int, nargs="+", metavar="N",
+                   help="ImageFolder image size: H [W] (default 32); detection: the detector's input side S (default: the "
+                   "images' own side)")
     g.add_argument("--model", default=None,
                    help=f"architecture name for epi_fast.models.build_model (default {d['model']}; vit_tiny is a small "
-                   f"vision transformer; lm: {lm['model']}, or llama_micro)")
+                   f"vision transformer; lm: {lm['model']}, or llama_micro; detection: {det['model']}, ssd_resnet34 or "
+                   "retinanet_resnet18_fpn)")
     g = p.add_argument_group("pruning policy")
-    g.add_argument("--ratio", type=argtypes.train_ratio, default=d["ratio"], help="target prune ratio in (0, 1) (default %(default)s)")
+    g.add_argument("--ratio", type=argtypes.train_ratio, default=None,
+                   help=f"target prune ratio in (0, 1) (default {d['ratio']}; detection: {det['ratio']})")
     g.add_argument("--criterion", default=d["criterion"], type=argtypes.criterion, metavar="C",
                    help=f"neuron importance: {', '.join(CRITERIA)}, or package.module:Name for a Criterion in your own "
                    "code (default %(default)s)")
-    g.add_argument("--window", type=argtypes.positive_int, default=d["window"], help="EPI window r (default %(default)s)")
+    g.add_argument("--window", type=argtypes.positive_int, default=None,
+                   help=f"EPI window r (default {d['window']}; detection: the schedule's, round(epochs * 50 / 800), at least 2)")
     g.add_argument("--tau", type=argtypes.tau, default=None, help="EPI threshold (default 0.944 for gradient/taylor, 0.983 otherwise)")
     g.add_argument("--patience", type=argtypes.non_negative_int, default=d["patience"], help="previous EPI values a firing EPI must not be below (default %(default)s)")
     g.add_argument("--track-ratios", type=argtypes.ratio_list, default=[], metavar="R[,R...]", help="more ratios whose EPI curves are recorded, e.g. 0.3,0.7")
@@ -130,7 +139,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--warmup-epochs", type=argtypes.non_negative_int, default=None, help=f"linear learning-rate warm-up (default {d['warmup_epochs']})")
     g.add_argument("--amp", action="store_true", help="mixed precision: float16 + GradScaler on CUDA, bfloat16 on CPU")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
-    g.add_argument("--threads", type=argtypes.positive_int, default=None, help="CPU threads for torch (default: 1 for digits and for lm, else the cores this process may use)")
+    g.add_argument("--threads", type=argtypes.positive_int, default=None, help="CPU threads for torch (default: 1 for digits, lm and detection, else the cores this process may use)")
     g.add_argument("--workers", type=argtypes.non_negative_int, default=0, help="DataLoader worker processes (default %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="seeds the split, the initialisation and the batch order (default %(default)s)")
     g.add_argument("--distributed", choices=DIST_KINDS, default=None,
@@ -143,7 +152,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None,
                    help="run directory to create (summary.json, metrics.jsonl, checkpoint.pt, epi_curve.png, model.pt; lm: also "
-                   "perplexity.png); required unless --resume")
+                   "perplexity.png; detection: also map.png); required unless --resume")
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue the stopped run in RUN_DIR from its checkpoint.pt, with the arguments it was started with "
                    "(only --no-progress, --threads and --debug may be given with it)")
@@ -202,8 +211,10 @@ def _default_threads(data: str, task: str = "classify") -> int:
     # 0.5 s per epoch on 1 thread, 5-37 s on 2 under load). Real images get every core.
     # The language-model task's matrix products are larger, but measured there the same way
     # (llama_tiny, 16 windows of 128 tokens): 160 ms per step on one thread, 100 ms on two when
-    # both cores are free, 1.4 s on two while another process ran.
-    return 1 if data == "digits" or task == "lm" else _available_cores()
+    # both cores are free, 1.4 s on two while another process ran. The detection task (SSD on
+    # ResNet-18 over 64-pixel canvases) takes one thread for the same reason, and so that its
+    # default run is the one --resume reproduces exactly.
+    return 1 if data == "digits" or task in ("lm", "detection") else _available_cores()
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -259,8 +270,17 @@ def validate_filled(args) -> None:
 
         validate_lm(args)
         return
+    if args.task == "detection":
+        from .detect import validate_detection
+
+        validate_detection(args)
+        return
+    from ..detection.models import DETECTOR_NAMES
+
     if args.model in LM_MODEL_NAMES:
         raise UsageError(f"--model {args.model} is a language model: use it with --task lm")
+    if args.model in DETECTOR_NAMES:
+        raise UsageError(f"--model {args.model} is a detector: use it with --task detection")
     if args.input_size is not None and len(args.input_size) > 2:
         raise UsageError(f"--input-size takes H or H W, got {len(args.input_size)} numbers")
     if args.data_format == "auto":
@@ -295,7 +315,11 @@ def _check_task_options(args) -> None:
     if args.task != "lm":
         for option, value in (("--steps-per-epoch", args.steps_per_epoch), ("--seq-len", args.seq_len)):
             if value is not None:
-                raise UsageError(f"{option} is an option of --task lm (an epoch of classification is one pass over the data)")
+                raise UsageError(f"{option} is an option of --task lm (an epoch of --task {args.task} is one pass over "
+                                 "the data)")
+        if args.task == "detection" and args.data_format != "auto":
+            raise UsageError("--data-format is an option of --task classify (--task detection reads the embedded digit "
+                             "canvases or a COCO-format folder)")
     else:
         for option, given in (("--data-format", args.data_format != "auto"), ("--input-size", args.input_size is not None),
                               ("--workers", args.workers != 0)):
@@ -884,10 +908,7 @@ def _train_new(args, job) -> int:
                     check_out(args.out, args.overwrite)
                 except RunDirRefused as e:
                     raise UsageError(str(e)) from None
-    if args.task == "lm":
-        from .lm import LMRun as run_class, LMSetup as setup_class
-    else:
-        run_class, setup_class = _Run, _Setup
+    run_class, setup_class = task_classes(args.task)
     try:
         with together(job, "setting up"):
             setup = setup_class(args, job)
@@ -908,6 +929,19 @@ def _train_new(args, job) -> int:
         e.epi_fast_detail = "before training started"  # type: ignore[attr-defined]
         raise
     return train_to_end(run, args.out)
+
+
+def task_classes(task: str):
+    """(run class, setup class) of a task."""
+    if task == "lm":
+        from .lm import LMRun, LMSetup
+
+        return LMRun, LMSetup
+    if task == "detection":
+        from .detect import DetectionRun, DetectionSetup
+
+        return DetectionRun, DetectionSetup
+    return _Run, _Setup
 
 
 def train_to_end(run, where: str) -> int:

@@ -19,6 +19,7 @@ __all__ = [
     "write_png",
     "plot_epi_curve",
     "plot_lm_curves",
+    "plot_map_curves",
     "jsonable",
 ]
 
@@ -112,6 +113,50 @@ def plot_lm_curves(
         a.grid(True, alpha=0.3)
     ax.legend(loc="upper right", fontsize="small")
     ax.set_title(title or "Language model")
+    write_png(path, fig)
+
+
+def plot_map_curves(
+    path: str | os.PathLike,
+    metrics: Sequence[Mapping[str, Any]],
+    prune_epoch: Optional[int],
+    test: Optional[Mapping[str, float]] = None,
+    test_split: str = "test",
+    title: Optional[str] = None,
+) -> None:
+    """The detection run: validation mAP@0.5 and mAP@[.5:.95] against epoch, the dense detector's
+    line up to the epoch that prunes (its value at the end of that epoch), a dashed line on from
+    the pruned detector's value right after the prune; the final mAPs on `test_split` as
+    stars just after the last epoch, the prune epoch marked."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    last = metrics[-1]["epoch"] if metrics else 1
+    for key, label, color in (("val_map50", "val mAP@0.5", "tab:blue"), ("val_map", "val mAP@[.5:.95]", "tab:green")):
+        after = [(r["epoch"], r[key]) for r in metrics if r.get("pruned_now")]
+        dense = [r for r in metrics if not after or r["epoch"] <= after[0][0]]
+        ax.plot([r["epoch"] for r in dense], [r.get(f"{key}_before_prune", r[key]) for r in dense], marker="o",
+                markersize=3, linewidth=1.5, color=color, label=label)
+        if after:
+            e, v = after[0]
+            px, py = zip(*([(e, v)] + [(r["epoch"], r[key]) for r in metrics if r["epoch"] > e]))
+            ax.plot(px, py, marker="o", markersize=3, linewidth=1.5, linestyle="--", color=color,
+                    label=f"{label}, pruned")
+        if test is not None:
+            ax.plot([last + 0.3], [test["map50" if key == "val_map50" else "map"]], marker="*", markersize=10, color=color,
+                    linestyle="none", label=f"{test_split} {label.split(' ', 1)[1]}")
+    if prune_epoch is not None:
+        ax.axvline(prune_epoch, color="tab:red", linestyle=":", linewidth=1.5, label=f"pruned after epoch {prune_epoch}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mAP")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(0, max(last, 1) + 0.6)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")  # the curves rise from the lower left
+    ax.set_title(title or "Detection")
     write_png(path, fig)
 
 

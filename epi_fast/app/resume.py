@@ -361,10 +361,9 @@ def _resume(args, rargs, marker, job, path: str, ckpt_path: str) -> int:
                                             (job.kind, job.world_size)):
             raise ValueError(f"{ckpt_path} was written by a run on {saved.get('world_size', 1)} process(es) "
                              f"({saved.get('kind') or 'not distributed'}), not as summary.json describes this one")
-    if rargs.task == "lm":
-        from .lm import LMRun as run_class, LMSetup as setup_class
-    else:
-        from .cli import _Run as run_class, _Setup as setup_class
+    from .cli import task_classes
+
+    run_class, setup_class = task_classes(rargs.task)
     try:
         with together(job, "restoring the run"):
             setup = setup_for(setup_class, rargs, job, ckpt)

@@ -36,7 +36,7 @@ MARKER = "summary.json"
 MARKER_FORMAT_PREFIX = "epi_fast.summary/"
 # Every file `epi-fast train` writes into a run directory. A file added to the run directory
 # must be added here, or --overwrite will refuse the runs that hold it.
-RUN_FILES = ("summary.json", "metrics.jsonl", "checkpoint.pt", "epi_curve.png", "model.pt", "perplexity.png")
+RUN_FILES = ("summary.json", "metrics.jsonl", "checkpoint.pt", "epi_curve.png", "model.pt", "perplexity.png", "map.png")
 _MAX_MARKER_BYTES = 64 << 20
 # A `--distributed fsdp` run also writes one folder per epoch checkpoint, sharded by
 # torch.distributed.checkpoint (resume.py): checkpoint-EPOCH.dcp, first as a temporary

@@ -29,7 +29,7 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "patience": 5,
 }
 
-TASKS = ("classify", "lm")
+TASKS = ("classify", "lm", "detection")
 OPTIMIZERS = ("sgd", "adamw")
 ADAMW_BETAS = (0.9, 0.95)
 # AdamW's learning rate and weight decay in classification when --optimizer adamw is chosen
@@ -61,10 +61,31 @@ TASK_DEFAULTS: Dict[str, Dict[str, Any]] = {
         "window": 5,
         "patience": 5,
     },
+    # SSD on ResNet-18 over the embedded digit canvases (epi_fast.app.detect), SGD, App. E's
+    # larger ratio (0.4) and its window rule (None: `scaled_window(epochs)`, 50 of 800 epochs,
+    # at least 2); tuned so that the default run ends within 10 minutes on 2 CPU cores with the
+    # dense detector above mAP@0.5 0.5 on the test canvases (docs/DETECTION.md has the measurements).
+    "detection": {
+        "data": "digit-canvases",
+        "model": "ssd_resnet18",
+        "ratio": 0.4,
+        "criterion": "magnitude",
+        "epochs": 5,
+        "steps_per_epoch": None,
+        "seq_len": None,
+        "batch_size": 32,
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "warmup_epochs": 1,
+        "window": None,
+        "patience": 5,
+    },
 }
 # The options whose defaults depend on the task or the optimizer.
-RESOLVED = ("data", "model", "optimizer", "epochs", "steps_per_epoch", "seq_len", "batch_size", "lr", "momentum",
-            "weight_decay", "warmup_epochs")
+RESOLVED = ("data", "model", "ratio", "optimizer", "epochs", "steps_per_epoch", "seq_len", "batch_size", "lr",
+            "momentum", "weight_decay", "warmup_epochs", "window")
 
 
 def task_defaults(task: str, optimizer: Optional[str] = None) -> Dict[str, Any]:
@@ -84,11 +105,16 @@ def task_defaults(task: str, optimizer: Optional[str] = None) -> Dict[str, Any]:
 
 def fill_defaults(args) -> None:
     """Set every option of `RESOLVED` left at None on the argparse namespace to its default for
-    the task and optimizer asked for."""
+    the task and optimizer asked for; a window the task leaves at None is
+    `epi_fast.detection.schedule.scaled_window(epochs)`."""
     d = task_defaults(args.task, args.optimizer)
     for key in RESOLVED:
         if getattr(args, key, None) is None:
             setattr(args, key, d[key])
+    if args.window is None:  # a task whose window follows its schedule (detection)
+        from ..detection.schedule import scaled_window
+
+        args.window = scaled_window(args.epochs)
 
 
 def seed_everything(seed: int) -> None:

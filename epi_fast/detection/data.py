@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 from .._args import check_int, check_unit
 
 __all__ = [
-    "DetectionDataset", "DigitCanvasDataset", "make_digit_canvases", "digit_detection_splits",
+    "DetectionDataset", "DetectionSubset", "DigitCanvasDataset", "make_digit_canvases", "digit_detection_splits",
     "detection_collate", "CANVAS_DEFAULTS", "DIGIT_CLASS_NAMES", "DIGIT_SOURCE_COUNT", "INK_THRESHOLD",
 ]
 
@@ -105,6 +105,28 @@ class DetectionDataset(Dataset):
     def __repr__(self) -> str:
         size = "x".join(map(str, self.image_size)) if self.image_size else "mixed size"
         return f"{type(self).__name__}({self.name!r}, {len(self)} images, {size}, {len(self.class_names)} classes)"
+
+
+class DetectionSubset(DetectionDataset):
+    """The images `indices` of a `DetectionDataset` (in that order), with its classes: a part
+    of one data set that is still a detection data set (`num_classes`, `class_names`,
+    `image_size`, `target(i)`)."""
+
+    def __init__(self, dataset: DetectionDataset, indices: Sequence[int], name: Optional[str] = None):
+        indices = [dataset._index(i) for i in indices]
+        super().__init__([dataset.target(i) for i in indices], dataset.class_names, None,
+                         name or f"{dataset.name}[{len(indices)} images]")
+        self.dataset = dataset
+        self.indices = tuple(indices)
+        sizes = getattr(dataset, "sizes", None)  # a COCO set's per-image (height, width)
+        if sizes is not None:
+            distinct = {sizes[i] for i in indices}
+            self.image_size = next(iter(distinct)) if len(distinct) == 1 else None
+        else:
+            self.image_size = dataset.image_size
+
+    def image(self, i: int) -> torch.Tensor:
+        return self.dataset.image(self.indices[self._index(i)])
 
 
 class DigitCanvasDataset(DetectionDataset):
