@@ -17,7 +17,7 @@ exactly.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -108,13 +108,17 @@ def prune(
 
 def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_keep, ignored_layers, layout, reduce,
              target, max_layer_ratio, round_to, *, strict: bool, ranking: str = "per_kind",
-             keep_out: Optional[list] = None, residual: bool = False, cuts_out: Optional[dict] = None) -> dict:
+             keep_out: Optional[list] = None, residual: bool = False,
+             values: Optional[Callable[[str, torch.Tensor, Tuple[int, ...]], torch.Tensor]] = None) -> dict:
     """`prune`; strict=False cuts at the nearest reachable structure even when it is further
     than 0.01 from the ratio (EPIPruner: the structure EPI tracked, see `Selector.select`).
     keep_out: a list that receives the keep mask (bool [N], layout order) that was cut.
-    cuts_out: a dict that receives, for every parameter the prune replaced, its qualified name
-    -> (flat indices of the old parameter that the new one keeps, the new shape): what the
-    sharded prune needs to carry a sharded optimizer's state over."""
+    values: None, or ``values(name, flat_idx, shape)`` returning the values of the new
+    parameter that replaces the parameter `name` (qualified), its entries `flat_idx` shaped
+    `shape`; called once per parameter the prune replaces, in the layout's order (the same on
+    every rank), and the model's own values of those parameters are never read: the sharded
+    prune passes a model of placeholders and gathers each parameter only when it is cut (and
+    carries its optimizer state there)."""
     compiled = is_compiled(model)
     model = unwrap_model(model)
     ratio = check_ratio(ratio, "ratio")
@@ -145,9 +149,11 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
     groups_pruned = sum(1 for g, o in zip(layout.groups, layout.offsets) if not bool(keep[o:o + g.size].all()))
     layers = list(layout.layers)
     expected = layout.structure(keep)[0].tolist()
-    names = {id(p): n for n, p in model.named_parameters()} if cuts_out is not None else None
-    replaced: dict = {}
-    snapshot = _cut(model, layout, keep, optimizer, replaced)
+    fetch = None
+    if values is not None:
+        names = {id(p): n for n, p in model.named_parameters()}
+        fetch = lambda old, idx, shape: values(names[id(old)], idx, shape)  # noqa: E731
+    snapshot = _cut(model, layout, keep, optimizer, fetch=fetch)
     try:
         widths = layout.layer_channels()
         kept = [widths[name] for name in layers]
@@ -160,8 +166,6 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
         raise
     if keep_out is not None:
         keep_out.append(keep)
-    if cuts_out is not None:
-        cuts_out.update({names[id(old)]: (idx, tuple(new.shape)) for old, new, idx in replaced.values()})
     if compiled:
         forget_compiled_graphs()
     neurons_removed = int((~keep).sum())
@@ -354,9 +358,10 @@ def prune_with_masks(model: nn.Module, layout: GroupLayout, keep_mask: torch.Ten
     _cut(model, layout, _check_mask(layout, keep_mask), optimizer)
 
 
-def _cut(model, layout, keep, optimizer, replaced_out: Optional[dict] = None) -> Optional["_Snapshot"]:
+def _cut(model, layout, keep, optimizer, fetch=None) -> Optional["_Snapshot"]:
     """The surgery; returns the snapshot that undoes it (None when nothing was removed).
-    replaced_out receives id(old) -> (old, new, flat indices of old kept in new)."""
+    fetch: None (the new parameters take the old ones' values), or ``fetch(old, flat_idx,
+    shape)`` returning the new parameter's values (`prune_to`'s values=)."""
     _check_optimizer(optimizer, layout, keep)
     work, params = _affected(layout, keep)
     if not work:
@@ -368,17 +373,30 @@ def _cut(model, layout, keep, optimizer, replaced_out: Optional[dict] = None) ->
             # Grads are set aside: tp would slice them into the index-valued parameters.
             p.grad = None
             p.data = _flat_indices(p)
+        originals = {id(p): (data, grad) for p, data, grad in snapshot.params}
+        released: set = set()
         for group, pruned in work:
             _prune_group(dg, group, pruned)
-        replaced = _rebuild_parameters(params, snapshot, optimizer)
+            _release_replaced(params, originals, released)
+        _rebuild_parameters(params, snapshot, optimizer, fetch)
         _check_no_stray_parameters(model, snapshot)
     except BaseException:
         snapshot.restore()
         raise
     layout._spent = True
-    if replaced_out is not None:
-        replaced_out.update(replaced)
     return snapshot
+
+
+def _release_replaced(params, originals, released: set) -> None:
+    """Each old parameter that Torch-Pruning has replaced in every module that held it gets its
+    values back at once: its full index tensor is read no more (the sliced one in the module
+    is), and holding every parameter's index tensor until the end would add a copy of the
+    model's size to the prune's peak."""
+    held = {id(m._parameters[attr]) for m, attr, _ in params}
+    for _, _, p in params:
+        if id(p) not in held and id(p) not in released:
+            released.add(id(p))
+            p.data, p.grad = originals[id(p)]
 
 
 # Whole numbers are exact in float32 below 2**24, in float64 below 2**53. Half the bytes of
@@ -409,9 +427,12 @@ def _check_no_stray_parameters(model, snapshot) -> None:
             raise RuntimeError(f"Torch-Pruning changed {name}, which the layout does not list; the prune was undone")
 
 
-def _rebuild_parameters(params, snapshot, optimizer) -> dict:
+def _rebuild_parameters(params, snapshot, optimizer, fetch=None) -> None:
+    """Every sliced index parameter becomes a new parameter with the old one's values at those
+    indices (or `fetch`'s); the old objects get their values back, so that anyone still
+    holding one sees the dense tensor."""
     originals = {id(p): (data, grad) for p, data, grad in snapshot.params}
-    replaced = {}  # id(old) -> new Parameter
+    replaced = {}  # id(old) -> (old, new Parameter, flat indices of old kept in new)
     for module, attr, old in params:
         current = module._parameters[attr]
         data, grad = originals[id(old)]
@@ -420,16 +441,17 @@ def _rebuild_parameters(params, snapshot, optimizer) -> dict:
             continue
         if id(old) not in replaced:
             idx = _as_index(current.detach().reshape(-1))
-            new = nn.Parameter(gather(data, idx, current.shape), requires_grad=old.requires_grad)
+            shape = tuple(current.shape)
+            value = gather(data, idx, shape) if fetch is None else fetch(old, idx, shape)
+            new = nn.Parameter(value, requires_grad=old.requires_grad)
             if grad is not None:
-                new.grad = gather(grad, idx, current.shape)
-            replaced[id(old)] = (old, new, idx)
+                new.grad = gather(grad, idx, shape)
+            # The indices are kept only for the optimizer's remapping.
+            replaced[id(old)] = (old, new, idx if optimizer is not None else None)
             snapshot.new_ids.add(id(new))
             snapshot.dtypes[id(new)] = data.dtype
         module._parameters[attr] = replaced[id(old)][1]
-    # The old objects get their values back: anyone still holding one sees the dense tensor.
     for old, _, _ in replaced.values():
         old.data, old.grad = originals[id(old)]
     if optimizer is not None:
         remap_optimizer(optimizer, replaced)
-    return replaced
