@@ -269,21 +269,31 @@ def _affected(layout: GroupLayout, keep: torch.Tensor):
         pruned = (~keep[o:o + g.size]).nonzero().flatten().tolist()
         if pruned:
             work.append((g, pruned))
+    touched = set().union(*(_touched(g) for g, _ in work))
+    return work, _params_touched(layout.model, touched)
+
+
+def _touched(group) -> set:
+    """ids of the modules (and bare Parameters) that cutting `group` changes."""
     touched = set()
-    for g, _ in work:
-        for mem in g.members:
-            touched.add(id(mem.module))
-            if isinstance(mem.module, nn.Module):
-                # A member's own submodules are cut with it (nn.MultiheadAttention's out_proj).
-                touched.update(id(sub) for sub in mem.module.modules())
+    for mem in group.members:
+        touched.add(id(mem.module))
+        if isinstance(mem.module, nn.Module):
+            # A member's own submodules are cut with it (nn.MultiheadAttention's out_proj).
+            touched.update(id(sub) for sub in mem.module.modules())
+    return touched
+
+
+def _params_touched(model, touched: set) -> list:
+    """(owner module, attribute, parameter) of every parameter that `touched` reaches."""
     params = []
-    for module in layout.model.modules():
+    for module in model.modules():
         for attr, p in module._parameters.items():
             # Members are modules, or bare Parameters (tp's "unwrapped" parameters). A tied
             # parameter appears once per owner: every owner must get the new one.
             if p is not None and (id(module) in touched or id(p) in touched):
                 params.append((module, attr, p))
-    return work, params
+    return params
 
 
 def _check_optimizer(optimizer, layout: GroupLayout, keep: torch.Tensor) -> None:
@@ -369,16 +379,9 @@ def _cut(model, layout, keep, optimizer, fetch=None) -> Optional["_Snapshot"]:
     dg = layout.dg
     snapshot = _Snapshot(model, params, optimizer, dg, layout)
     try:
-        for _, _, p in params:
-            # Grads are set aside: tp would slice them into the index-valued parameters.
-            p.grad = None
-            p.data = _flat_indices(p)
-        originals = {id(p): (data, grad) for p, data, grad in snapshot.params}
-        released: set = set()
-        for group, pruned in work:
-            _prune_group(dg, group, pruned)
-            _release_replaced(params, originals, released)
-        _rebuild_parameters(params, snapshot, optimizer, fetch)
+        replaced = _cut_groups(dg, work, params, snapshot, optimizer is not None, fetch)
+        if optimizer is not None:
+            remap_optimizer(optimizer, replaced)
         _check_no_stray_parameters(model, snapshot)
     except BaseException:
         snapshot.restore()
@@ -387,16 +390,45 @@ def _cut(model, layout, keep, optimizer, fetch=None) -> Optional["_Snapshot"]:
     return snapshot
 
 
-def _release_replaced(params, originals, released: set) -> None:
-    """Each old parameter that Torch-Pruning has replaced in every module that held it gets its
-    values back at once: its full index tensor is read no more (the sliced one in the module
-    is), and holding every parameter's index tensor until the end would add a copy of the
-    model's size to the prune's peak."""
-    held = {id(m._parameters[attr]) for m, attr, _ in params}
-    for _, _, p in params:
-        if id(p) not in held and id(p) not in released:
-            released.add(id(p))
-            p.data, p.grad = originals[id(p)]
+def _cut_groups(dg, work, params, snapshot, keep_indices: bool, fetch) -> dict:
+    """Cut the groups one after the other, each parameter traced as a tensor of its flat
+    indices (Torch-Pruning slices it as it would the values) from the first group that touches
+    it; once the last group that touches it is cut, the parameter is rebuilt from those indices
+    (`_rebuild`) and the old one gets its values back. So only the parameters of the groups in
+    progress hold index tensors at any time (for a decoder, one layer's attention or MLP), not
+    every parameter of the model at once. Returns id(old) -> (old, new, kept flat indices, or
+    None unless keep_indices)."""
+    originals = {id(p): (data, grad) for p, data, grad in snapshot.params}
+    entries: dict = {}  # id(p) -> every (owner, attribute, p) of p
+    for entry in params:
+        entries.setdefault(id(entry[2]), []).append(entry)
+
+    def reaches(pid, reach) -> bool:
+        return pid in reach or any(id(m) in reach for m, _, _ in entries[pid])
+
+    touched = [_touched(g) for g, _ in work]
+    left = {pid: sum(reaches(pid, t) for t in touched) for pid in entries}
+    indexed: set = set()
+    replaced: dict = {}
+    for (group, pruned), reach in zip(work, touched):
+        mine = [pid for pid in entries if reaches(pid, reach)]
+        for pid in mine:
+            if pid not in indexed:
+                indexed.add(pid)
+                p = entries[pid][0][2]
+                # Grads are set aside: tp would slice them into the index-valued parameters.
+                p.grad = None
+                p.data = _flat_indices(p)
+        _prune_group(dg, group, pruned)
+        for pid, es in entries.items():
+            if pid not in indexed and any(m._parameters[a] is not p for m, a, p in es):
+                raise RuntimeError(f"Torch-Pruning changed a {type(es[0][0]).__name__}'s {es[0][1]} while cutting a "
+                                   "group that does not list it; the prune was undone")
+        for pid in mine:
+            left[pid] -= 1
+            if left[pid] == 0:
+                _rebuild(entries[pid], originals[pid], snapshot, replaced, keep_indices, fetch)
+    return replaced
 
 
 # Whole numbers are exact in float32 below 2**24, in float64 below 2**53. Half the bytes of
@@ -427,17 +459,15 @@ def _check_no_stray_parameters(model, snapshot) -> None:
             raise RuntimeError(f"Torch-Pruning changed {name}, which the layout does not list; the prune was undone")
 
 
-def _rebuild_parameters(params, snapshot, optimizer, fetch=None) -> None:
-    """Every sliced index parameter becomes a new parameter with the old one's values at those
-    indices (or `fetch`'s); the old objects get their values back, so that anyone still
-    holding one sees the dense tensor."""
-    originals = {id(p): (data, grad) for p, data, grad in snapshot.params}
-    replaced = {}  # id(old) -> (old, new Parameter, flat indices of old kept in new)
-    for module, attr, old in params:
+def _rebuild(entries, original, snapshot, replaced: dict, keep_indices: bool, fetch) -> None:
+    """One parameter, all of whose groups are cut: its owners that Torch-Pruning sliced get a
+    new parameter with the old one's values at the sliced indices (or `fetch`'s), and the old
+    object gets its values back, so that anyone still holding one sees the dense tensor."""
+    data, grad = original
+    old = entries[0][2]
+    for module, attr, _ in entries:
         current = module._parameters[attr]
-        data, grad = originals[id(old)]
         if current is old:  # not sliced after all (e.g. a member whose channels were kept)
-            old.data, old.grad = data, grad
             continue
         if id(old) not in replaced:
             idx = _as_index(current.detach().reshape(-1))
@@ -447,11 +477,8 @@ def _rebuild_parameters(params, snapshot, optimizer, fetch=None) -> None:
             if grad is not None:
                 new.grad = gather(grad, idx, shape)
             # The indices are kept only for the optimizer's remapping.
-            replaced[id(old)] = (old, new, idx if optimizer is not None else None)
+            replaced[id(old)] = (old, new, idx if keep_indices else None)
             snapshot.new_ids.add(id(new))
             snapshot.dtypes[id(new)] = data.dtype
         module._parameters[attr] = replaced[id(old)][1]
-    for old, _, _ in replaced.values():
-        old.data, old.grad = originals[id(old)]
-    if optimizer is not None:
-        remap_optimizer(optimizer, replaced)
+    old.data, old.grad = data, grad
