@@ -1,28 +1,35 @@
 """EPIPruner on a model sharded with FSDP2 (`torch.distributed.fsdp.fully_shard`).
 
-Watching: the model is traced once, at construction, on a plain gathered copy (one full copy
-of the parameters, on every rank, for the time of the trace); the copy then keeps its
-structure with meta tensors (no memory) and the layout, the score plans and the selection
-rule are built on it. Every epoch each rank scores its own shards
-(`epi_fast.criteria.sharded`): one all-reduce of the O(channels) score buffer, never a weight,
-then rank 0's structures are broadcast as under DDP, so that every rank records the same EPI.
+Watching: the model is traced once, at construction, on a plain copy whose parameters are
+placeholders (`placeholder`: the full shape, one element expanded, no memory; the trace reads
+shapes, never values, so nothing is gathered); the copy then keeps its structure with meta
+tensors and the layout, the score plans and the selection rule are built on it. Every epoch
+each rank scores its own shards (`epi_fast.criteria.sharded`): one all-reduce of the
+O(channels) score buffer, never a weight, then rank 0's structures are broadcast as under DDP,
+so that every rank records the same EPI.
 
 Pruning, when EPI fires (or at the deadline), on every rank:
 
-1. the model is gathered into a plain module tree (`epi_fast.distributed.plain_copy`, one
-   DTensor.full_tensor() per parameter): the one gathered copy;
-2. it is traced afresh and pruned with the single-process surgery, the scores being rank 0's
-   (so every rank removes the very same neurons);
-3. it is sharded again: `reshard_fn(module)` when given, else `fully_shard` per module with the
+1. a plain copy of placeholders is traced afresh and cut with the single-process surgery, the
+   scores being rank 0's (so every rank removes the very same neurons); the surgery runs on
+   index tensors (one float32 tensor the size of each parameter it cuts, each freed as soon as
+   Torch-Pruning has replaced it);
+2. each parameter that the cut replaces is gathered then, one at a time
+   (DTensor.full_tensor()), and only its surviving entries kept; its optimizer state sharded
+   like it (momentum, Adam's moments) and its gradient are gathered one tensor at a time, cut
+   the same way, and this rank's rows of them kept; every full tensor goes at once;
+3. the parameters the prune did not cut are gathered, so that the copy is the pruned model,
+   whole: the one gathered copy (of the pruned model, not of the dense one);
+4. it is sharded again: `reshard_fn(module)` when given, else `fully_shard` per module with the
    mesh and settings the original was sharded with (children before parents);
-4. the optimizer, in place: its param groups point to the new sharded parameters and every
-   state tensor sharded like its parameter (momentum, Adam's moments) is gathered one at a
-   time, cut to the surviving entries and sharded like the new parameter; scalar state (step)
-   is kept; gradients are carried the same way.
+5. the optimizer, in place: its param groups point to the new sharded parameters, with the
+   state carried in step 2 (that of a parameter the prune did not cut is kept as it is);
+   scalar state (step) is kept; gradients likewise.
 
 The model that was passed in is not changed: the pruned, sharded model is `pruner.module`
-(every check, the trace and the surgery happen on the copy; an error before step 4 leaves the
-model and the optimizer as they were).
+(every check, the trace and the surgery happen on the copy; an error before step 5 leaves the
+model and the optimizer as they were). The peak memory per rank is measured by
+benchmarks/fsdp.py (docs/EPI_USAGE.md, "FSDP2").
 """
 
 from __future__ import annotations
