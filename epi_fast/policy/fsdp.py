@@ -11,9 +11,9 @@ so that every rank records the same EPI.
 Pruning, when EPI fires (or at the deadline), on every rank:
 
 1. a plain copy of placeholders is traced afresh and cut with the single-process surgery, the
-   scores being rank 0's (so every rank removes the very same neurons); the surgery runs on
-   index tensors (one float32 tensor the size of each parameter it cuts, each freed as soon as
-   Torch-Pruning has replaced it);
+   scores being rank 0's (so every rank removes the very same neurons); the surgery traces
+   each parameter it cuts as an index tensor of its size, from the first group that cuts it
+   to the last, so only the groups in progress hold index tensors;
 2. each parameter that the cut replaces is gathered then, one at a time
    (DTensor.full_tensor()), and only its surviving entries kept; its optimizer state sharded
    like it (momentum, Adam's moments) and its gradient are gathered one tensor at a time, cut
@@ -134,7 +134,7 @@ class ShardedModel:
                           config.ignored_layers, layout, config.reduce, config.target, config.max_layer_ratio,
                           config.round_to, strict=False, ranking=config.ranking, keep_out=keep,
                           residual=config.residual, values=cutter.cut)
-        del layout  # its dependency graph holds the dense placeholders' modules
+        del layout  # spent, and its dependency graph holds the copy's dense structure
         cutter.gather_the_rest(plain)
         new = self._reshard(plain)
         del plain
@@ -210,7 +210,7 @@ class _Cutter:
                 v = shard_rows(gather(self._gather(v, f"gather of the optimizer state {key!r} of {name}"), idx, shape),
                                p.device_mesh)
             state[key] = v
-        grad = p.grad
+        grad = p.grad if self.optimizer is not None else None  # carried with the optimizer, as its state
         if grad is not None:
             grad = shard_rows(gather(self._gather(grad, f"gather of the gradient of {name}"), idx, shape), p.device_mesh)
         self.carried[name] = (state, grad)

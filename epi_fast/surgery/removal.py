@@ -115,8 +115,9 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
     keep_out: a list that receives the keep mask (bool [N], layout order) that was cut.
     values: None, or ``values(name, flat_idx, shape)`` returning the values of the new
     parameter that replaces the parameter `name` (qualified), its entries `flat_idx` shaped
-    `shape`; called once per parameter the prune replaces, in the layout's order (the same on
-    every rank), and the model's own values of those parameters are never read: the sharded
+    `shape`; called once per parameter the prune replaces, as soon as the last group that cuts
+    it is cut (an order that depends on the layout and the mask alone: the same on every
+    rank), and the model's own values of those parameters are never read: the sharded
     prune passes a model of placeholders and gathers each parameter only when it is cut (and
     carries its optimizer state there)."""
     compiled = is_compiled(model)
