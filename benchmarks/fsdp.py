@@ -170,8 +170,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from epi_fast.testing import run_ranks
 
-    from epi_fast.testing import run_ranks
-
     out_dir = args.out / ".fsdp_ranks"
     out_dir.mkdir(parents=True, exist_ok=True)
     passes = {}

@@ -10,6 +10,8 @@
 #              architecture; where pip may not install, setup.py build_ext --inplace)
 #   info       python -m epi_fast.info
 #   tests      pytest -m cuda tests/cuda tests/ops (tests/cuda alone where hypothesis is missing)
+#   dist       the main job under torchrun with NCCL: --distributed fsdp, then ddp, on 2 GPU ranks
+#              where 2 or more GPUs are visible, else on one (a short digits run each)
 #   memcheck   compute-sanitizer --tool memcheck  on pytest -m sanitize tests/cuda
 #   racecheck  compute-sanitizer --tool racecheck on the same tests
 #   synccheck  compute-sanitizer --tool synccheck on the same tests
@@ -20,9 +22,9 @@
 #
 # Output: OUTDIR/summary.md (one table row per step: status, seconds, timeout, the key lines)
 # and OUTDIR/gpu_check.tar.gz (gpu_check/: summary.md, steps.tsv, logs/<step>.log, info.json,
-# build_info.json, pytest_cuda.xml, benchmarks/results/<gpu>_cuda_quick.{json,md,png},
-# ncu_speed_of_light.csv). Nothing else is written outside a temporary directory, which is
-# removed.
+# build_info.json, pytest_cuda.xml, dist_{fsdp,ddp}_summary.json (the dist step's summary.json),
+# benchmarks/results/<gpu>_cuda_quick.{json,md,png}, ncu_speed_of_light.csv). Nothing else is
+# written outside a temporary directory, which is removed.
 #
 # Time: the budget (default 350 s) is split among the steps (PLAN); a step may use what the
 # steps before it left unused, never what the steps after it were given, so the whole run ends
@@ -52,7 +54,7 @@ TP_WHEEL="$ROOT/scripts/vendor/torch_pruning-1.6.1-py3-none-any.whl"
 TP_SHA256=5cb619e55bb4d1b7ce71be9782865ad4977bfe99c148fdce9c3822eab08a9c08
 
 # step:seconds. The shares add up to 340 of the default 350 s; the rest is for the archive.
-PLAN=(env:5 deps:5 build:100 info:10 tests:70 memcheck:30 racecheck:20 synccheck:20 bench:70 ncu:10)
+PLAN=(env:5 deps:5 build:90 info:10 tests:70 dist:30 memcheck:30 racecheck:20 synccheck:20 bench:50 ncu:10)
 DEFAULT_BUDGET=350
 PACK_RESERVE=5
 KILL_GRACE=5
@@ -222,6 +224,37 @@ step_tests() {
     --durations=15 --junitxml="$STAGE/pytest_cuda.xml" $paths
 }
 
+# torchrun's ranks of the main job on the GPUs, NCCL between them: each kind's run must complete
+# with backend nccl and every rank's kept counts equal to rank 0's. One rank where the machine
+# has one GPU (NCCL's collectives then run within one process, which still takes the NCCL
+# code path of the job and of EPIPruner).
+step_dist() {
+  cd "$ROOT" || return 1
+  local gpus n kind rc=0
+  gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())") || return 1
+  [ "$gpus" -ge 1 ] || { echo "--distributed with NCCL: no CUDA device is visible"; return 1; }
+  n=$(( gpus >= 2 ? 2 : 1 ))
+  for kind in fsdp ddp; do
+    local out="$STAGE/../dist_$kind"
+    "$PY" -m torch.distributed.run --standalone --nproc-per-node "$n" -m epi_fast train --distributed "$kind" \
+      --device cuda --epochs 4 --batch-size 32 --window 2 --patience 1 --deadline-epoch 2 --track-ratios 0.3 \
+      --dist-timeout 60 --no-progress --out "$out" || { echo "--distributed $kind on $n GPU rank(s) failed"; rc=1; continue; }
+    cp "$out/summary.json" "$STAGE/dist_${kind}_summary.json"
+    "$PY" - "$out/summary.json" <<'PY' || rc=1
+import json
+import sys
+
+s = json.load(open(sys.argv[1]))
+d = s["distributed"]
+same = all(r["kept_counts_as_rank0"] and r["prune_epoch"] == s["prune_epoch"] for r in d["ranks"])
+print(f"NOTE: --distributed {d['kind']} on {d['world_size']} GPU rank(s), {d['backend']}: {s['status']}, pruned after "
+      f"epoch {s['prune_epoch']} ({s['prune_reason']}), every rank alike: {same}, top-1 {s['top1_final']:.3f}")
+sys.exit(0 if s["status"] == "completed" and d["backend"] == "nccl" and same else 1)
+PY
+  done
+  return $rc
+}
+
 sanitizer() {
   local tool=$1
   shift
@@ -272,7 +305,7 @@ PY
   return $rc
 }
 
-export -f step_env step_deps step_build step_info step_tests sanitizer step_memcheck step_racecheck step_synccheck \
+export -f step_env step_deps step_build step_info step_tests step_dist sanitizer step_memcheck step_racecheck step_synccheck \
   step_bench step_ncu have
 export ROOT PY TP_WHEEL TP_SHA256 SANITIZE_TESTS
 
@@ -297,6 +330,7 @@ describe() {
     build) echo "pip install --no-build-isolation --no-deps --no-index -e .  (EPI_FAST_CUDA=1, arch = the GPU's)" ;;
     info) echo "python -m epi_fast.info" ;;
     tests) echo "pytest -m cuda ${TESTS_PATHS:-tests/cuda tests/ops (tests/cuda alone without hypothesis)}" ;;
+    dist) echo "torchrun --nproc-per-node min(2, GPUs) -m epi_fast train --distributed fsdp|ddp --device cuda (NCCL)" ;;
     memcheck|racecheck|synccheck) echo "compute-sanitizer --tool $1 pytest -m sanitize $SANITIZE_TESTS" ;;
     bench) echo "python -m benchmarks --quick --device cuda --no-compile --models resnet50 --mlp-params none --budget-s <share - 25>" ;;
     ncu) echo "ncu --section SpeedOfLight on channel_scores, group_reduce, layer_counts" ;;
@@ -433,6 +467,7 @@ key_line() {
       fi ;;
     info) line=$(grep -E '"cuda_(kernels_built|arch_list|device)"' "$file" | tr -s ' \n' ' ') ;;
     bench) line=$(grep -E '^\[(PASS|FAIL|n/a)\]' "$file" | tr '\n' ';' | cut -c1-250) ;;
+    dist) line=$(grep -E '^NOTE: --distributed' "$file" | tr '\n' ';' | cut -c1-250) ;;
   esac
   [ -n "$line" ] || line=$(grep -E '^NOTE:' "$file" | tail -n 1)
   [ -n "$line" ] || line=$(grep -v '^\s*$' "$file" | tail -n 1)
@@ -530,7 +565,8 @@ gpu=$(grep -m1 -Eo 'cuda:0: [^(]*' "$STAGE/logs/env.log" 2>/dev/null | sed 's/cu
   echo "## Archive"
   echo
   echo "gpu_check.tar.gz: gpu_check/{summary.md, steps.tsv, logs/, info.json, build_info.json, pytest_cuda.xml,"
-  echo "benchmarks/results/<gpu>_cuda_quick.{json,md,png}, ncu_speed_of_light.csv} (what the steps produced):"
+  echo "dist_{fsdp,ddp}_summary.json, benchmarks/results/<gpu>_cuda_quick.{json,md,png}, ncu_speed_of_light.csv}"
+  echo "(what the steps produced):"
   echo
   (cd "$TMP" && find gpu_check -type f | sort | sed 's/^/- /')
 } > "$STAGE/summary.md"

@@ -6,8 +6,9 @@
   `rewrap_ddp` wraps the pruned module in a new DistributedDataParallel.
 - FSDP2 (`fsdp.py`): what EPIPruner needs to know about a model sharded with
   `torch.distributed.fsdp.fully_shard`: which rows of a parameter this rank holds, the
-  settings `fully_shard` was called with (to shard the pruned model the same way), and a plain
-  copy of the module tree without FSDP (gathered, for the trace and the prune).
+  settings `fully_shard` was called with (to shard the pruned model the same way), a plain
+  copy of the module tree without FSDP (for the trace and the prune), and a tensor sharded
+  like a parameter (`shard_rows`, for the optimizer state carried through the prune).
 - `collectives.py`: the policy's collectives, each of which names what it was for when it fails
   (a rank that raised makes the others fail with that message, not hang).
 
@@ -18,8 +19,8 @@ This package sits low in the layers (it needs nothing of epi_fast); the sharded 
 from .collectives import CollectiveError, Collectives, RankZero
 from .ddp import is_ddp, rank_zero_for, rewrap_ddp
 from .fsdp import (ShardSettings, fsdp_modules, fsdp_settings, is_fsdp, local_rows, plain_copy,
-                   reshard_all, reshard_like, sharded_mesh, to_meta)
+                   reshard_all, reshard_like, shard_rows, sharded_mesh, to_meta)
 
 __all__ = ["RankZero", "Collectives", "CollectiveError", "rank_zero_for", "is_ddp", "rewrap_ddp", "is_fsdp",
-           "fsdp_modules", "fsdp_settings", "ShardSettings", "sharded_mesh", "local_rows", "plain_copy",
+           "fsdp_modules", "fsdp_settings", "ShardSettings", "sharded_mesh", "local_rows", "shard_rows", "plain_copy",
            "to_meta", "reshard_all", "reshard_like"]

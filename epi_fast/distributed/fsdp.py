@@ -32,8 +32,8 @@ from typing import Any, Callable, Dict, List, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ["is_fsdp", "fsdp_modules", "ShardSettings", "fsdp_settings", "sharded_mesh", "local_rows", "reshard_all",
-           "plain_copy", "to_meta", "reshard_like"]
+__all__ = ["is_fsdp", "fsdp_modules", "ShardSettings", "fsdp_settings", "sharded_mesh", "local_rows", "shard_rows",
+           "reshard_all", "plain_copy", "to_meta", "reshard_like"]
 
 
 def _fsdp_api():
@@ -116,18 +116,36 @@ def local_rows(p) -> Tuple[torch.Tensor, int]:
     world), as torch.chunk splits them (empty past the end). RuntimeError if the local tensor
     does not have that many rows (a torch whose split differs: nothing would be right then)."""
     mesh = p.device_mesh
-    world, rank = mesh.size(), mesh.get_local_rank()
     n = p.shape[0]
-    chunk = math.ceil(n / world) if n else 0
-    start = min(rank * chunk, n)
-    length = max(0, min(n, start + chunk) - start)
+    start, length = _row_range(n, mesh)
     local = p.to_local()
     if local.shape[0] != length:
         raise RuntimeError(
-            f"a parameter of {n} rows sharded over {world} ranks holds {local.shape[0]} rows on rank {rank}, "
-            f"expected {length} (torch.chunk's split); this torch shards dim 0 differently than epi_fast assumes"
+            f"a parameter of {n} rows sharded over {mesh.size()} ranks holds {local.shape[0]} rows on rank "
+            f"{mesh.get_local_rank()}, expected {length} (torch.chunk's split); this torch shards dim 0 differently "
+            "than epi_fast assumes"
         )
     return local, start
+
+
+def _row_range(n: int, mesh) -> Tuple[int, int]:
+    """(first row, number of rows) of this rank's shard of n rows: torch.chunk's split."""
+    world, rank = mesh.size(), mesh.get_local_rank()
+    chunk = math.ceil(n / world) if n else 0
+    start = min(rank * chunk, n)
+    return start, max(0, min(n, start + chunk) - start)
+
+
+def shard_rows(full: torch.Tensor, mesh):
+    """`full` sharded on dim 0 over the 1-D `mesh` as `fully_shard` shards a parameter (see
+    `local_rows`): a DTensor whose local tensor is a copy of this rank's rows alone, so that
+    `full` can be freed. No collective."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    full = full.contiguous()
+    start, length = _row_range(full.shape[0], mesh)
+    local = full.narrow(0, start, length).clone()
+    return DTensor.from_local(local, mesh, (Shard(0),), run_check=False, shape=full.shape, stride=full.stride())
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ exactly.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -108,13 +108,18 @@ def prune(
 
 def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_keep, ignored_layers, layout, reduce,
              target, max_layer_ratio, round_to, *, strict: bool, ranking: str = "per_kind",
-             keep_out: Optional[list] = None, residual: bool = False, cuts_out: Optional[dict] = None) -> dict:
+             keep_out: Optional[list] = None, residual: bool = False,
+             values: Optional[Callable[[str, torch.Tensor, Tuple[int, ...]], torch.Tensor]] = None) -> dict:
     """`prune`; strict=False cuts at the nearest reachable structure even when it is further
     than 0.01 from the ratio (EPIPruner: the structure EPI tracked, see `Selector.select`).
     keep_out: a list that receives the keep mask (bool [N], layout order) that was cut.
-    cuts_out: a dict that receives, for every parameter the prune replaced, its qualified name
-    -> (flat indices of the old parameter that the new one keeps, the new shape): what the
-    sharded prune needs to carry a sharded optimizer's state over."""
+    values: None, or ``values(name, flat_idx, shape)`` returning the values of the new
+    parameter that replaces the parameter `name` (qualified), its entries `flat_idx` shaped
+    `shape`; called once per parameter the prune replaces, as soon as the last group that cuts
+    it is cut (an order that depends on the layout and the mask alone: the same on every
+    rank), and the model's own values of those parameters are never read: the sharded
+    prune passes a model of placeholders and gathers each parameter only when it is cut (and
+    carries its optimizer state there)."""
     compiled = is_compiled(model)
     model = unwrap_model(model)
     ratio = check_ratio(ratio, "ratio")
@@ -145,9 +150,11 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
     groups_pruned = sum(1 for g, o in zip(layout.groups, layout.offsets) if not bool(keep[o:o + g.size].all()))
     layers = list(layout.layers)
     expected = layout.structure(keep)[0].tolist()
-    names = {id(p): n for n, p in model.named_parameters()} if cuts_out is not None else None
-    replaced: dict = {}
-    snapshot = _cut(model, layout, keep, optimizer, replaced)
+    fetch = None
+    if values is not None:
+        names = {id(p): n for n, p in model.named_parameters()}
+        fetch = lambda old, idx, shape: values(names[id(old)], idx, shape)  # noqa: E731
+    snapshot = _cut(model, layout, keep, optimizer, fetch=fetch)
     try:
         widths = layout.layer_channels()
         kept = [widths[name] for name in layers]
@@ -160,8 +167,6 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
         raise
     if keep_out is not None:
         keep_out.append(keep)
-    if cuts_out is not None:
-        cuts_out.update({names[id(old)]: (idx, tuple(new.shape)) for old, new, idx in replaced.values()})
     if compiled:
         forget_compiled_graphs()
     neurons_removed = int((~keep).sum())
@@ -265,21 +270,31 @@ def _affected(layout: GroupLayout, keep: torch.Tensor):
         pruned = (~keep[o:o + g.size]).nonzero().flatten().tolist()
         if pruned:
             work.append((g, pruned))
+    touched = set().union(*(_touched(g) for g, _ in work))
+    return work, _params_touched(layout.model, touched)
+
+
+def _touched(group) -> set:
+    """ids of the modules (and bare Parameters) that cutting `group` changes."""
     touched = set()
-    for g, _ in work:
-        for mem in g.members:
-            touched.add(id(mem.module))
-            if isinstance(mem.module, nn.Module):
-                # A member's own submodules are cut with it (nn.MultiheadAttention's out_proj).
-                touched.update(id(sub) for sub in mem.module.modules())
+    for mem in group.members:
+        touched.add(id(mem.module))
+        if isinstance(mem.module, nn.Module):
+            # A member's own submodules are cut with it (nn.MultiheadAttention's out_proj).
+            touched.update(id(sub) for sub in mem.module.modules())
+    return touched
+
+
+def _params_touched(model, touched: set) -> list:
+    """(owner module, attribute, parameter) of every parameter that `touched` reaches."""
     params = []
-    for module in layout.model.modules():
+    for module in model.modules():
         for attr, p in module._parameters.items():
             # Members are modules, or bare Parameters (tp's "unwrapped" parameters). A tied
             # parameter appears once per owner: every owner must get the new one.
             if p is not None and (id(module) in touched or id(p) in touched):
                 params.append((module, attr, p))
-    return work, params
+    return params
 
 
 def _check_optimizer(optimizer, layout: GroupLayout, keep: torch.Tensor) -> None:
@@ -354,9 +369,10 @@ def prune_with_masks(model: nn.Module, layout: GroupLayout, keep_mask: torch.Ten
     _cut(model, layout, _check_mask(layout, keep_mask), optimizer)
 
 
-def _cut(model, layout, keep, optimizer, replaced_out: Optional[dict] = None) -> Optional["_Snapshot"]:
+def _cut(model, layout, keep, optimizer, fetch=None) -> Optional["_Snapshot"]:
     """The surgery; returns the snapshot that undoes it (None when nothing was removed).
-    replaced_out receives id(old) -> (old, new, flat indices of old kept in new)."""
+    fetch: None (the new parameters take the old ones' values), or ``fetch(old, flat_idx,
+    shape)`` returning the new parameter's values (`prune_to`'s values=)."""
     _check_optimizer(optimizer, layout, keep)
     work, params = _affected(layout, keep)
     if not work:
@@ -364,21 +380,56 @@ def _cut(model, layout, keep, optimizer, replaced_out: Optional[dict] = None) ->
     dg = layout.dg
     snapshot = _Snapshot(model, params, optimizer, dg, layout)
     try:
-        for _, _, p in params:
-            # Grads are set aside: tp would slice them into the index-valued parameters.
-            p.grad = None
-            p.data = _flat_indices(p)
-        for group, pruned in work:
-            _prune_group(dg, group, pruned)
-        replaced = _rebuild_parameters(params, snapshot, optimizer)
+        replaced = _cut_groups(dg, work, params, snapshot, optimizer is not None, fetch)
+        if optimizer is not None:
+            remap_optimizer(optimizer, replaced)
         _check_no_stray_parameters(model, snapshot)
     except BaseException:
         snapshot.restore()
         raise
     layout._spent = True
-    if replaced_out is not None:
-        replaced_out.update(replaced)
     return snapshot
+
+
+def _cut_groups(dg, work, params, snapshot, keep_indices: bool, fetch) -> dict:
+    """Cut the groups one after the other, each parameter traced as a tensor of its flat
+    indices (Torch-Pruning slices it as it would the values) from the first group that touches
+    it; once the last group that touches it is cut, the parameter is rebuilt from those indices
+    (`_rebuild`) and the old one gets its values back. So only the parameters of the groups in
+    progress hold index tensors at any time (for a decoder, one layer's attention or MLP), not
+    every parameter of the model at once. Returns id(old) -> (old, new, kept flat indices, or
+    None unless keep_indices)."""
+    originals = {id(p): (data, grad) for p, data, grad in snapshot.params}
+    entries: dict = {}  # id(p) -> every (owner, attribute, p) of p
+    for entry in params:
+        entries.setdefault(id(entry[2]), []).append(entry)
+
+    def reaches(pid, reach) -> bool:
+        return pid in reach or any(id(m) in reach for m, _, _ in entries[pid])
+
+    touched = [_touched(g) for g, _ in work]
+    left = {pid: sum(reaches(pid, t) for t in touched) for pid in entries}
+    indexed: set = set()
+    replaced: dict = {}
+    for (group, pruned), reach in zip(work, touched):
+        mine = [pid for pid in entries if reaches(pid, reach)]
+        for pid in mine:
+            if pid not in indexed:
+                indexed.add(pid)
+                p = entries[pid][0][2]
+                # Grads are set aside: tp would slice them into the index-valued parameters.
+                p.grad = None
+                p.data = _flat_indices(p)
+        _prune_group(dg, group, pruned)
+        for pid, es in entries.items():
+            if pid not in indexed and any(m._parameters[a] is not p for m, a, p in es):
+                raise RuntimeError(f"Torch-Pruning changed a {type(es[0][0]).__name__}'s {es[0][1]} while cutting a "
+                                   "group that does not list it; the prune was undone")
+        for pid in mine:
+            left[pid] -= 1
+            if left[pid] == 0:
+                _rebuild(entries[pid], originals[pid], snapshot, replaced, keep_indices, fetch)
+    return replaced
 
 
 # Whole numbers are exact in float32 below 2**24, in float64 below 2**53. Half the bytes of
@@ -409,27 +460,26 @@ def _check_no_stray_parameters(model, snapshot) -> None:
             raise RuntimeError(f"Torch-Pruning changed {name}, which the layout does not list; the prune was undone")
 
 
-def _rebuild_parameters(params, snapshot, optimizer) -> dict:
-    originals = {id(p): (data, grad) for p, data, grad in snapshot.params}
-    replaced = {}  # id(old) -> new Parameter
-    for module, attr, old in params:
+def _rebuild(entries, original, snapshot, replaced: dict, keep_indices: bool, fetch) -> None:
+    """One parameter, all of whose groups are cut: its owners that Torch-Pruning sliced get a
+    new parameter with the old one's values at the sliced indices (or `fetch`'s), and the old
+    object gets its values back, so that anyone still holding one sees the dense tensor."""
+    data, grad = original
+    old = entries[0][2]
+    for module, attr, _ in entries:
         current = module._parameters[attr]
-        data, grad = originals[id(old)]
         if current is old:  # not sliced after all (e.g. a member whose channels were kept)
-            old.data, old.grad = data, grad
             continue
         if id(old) not in replaced:
             idx = _as_index(current.detach().reshape(-1))
-            new = nn.Parameter(gather(data, idx, current.shape), requires_grad=old.requires_grad)
+            shape = tuple(current.shape)
+            value = gather(data, idx, shape) if fetch is None else fetch(old, idx, shape)
+            new = nn.Parameter(value, requires_grad=old.requires_grad)
             if grad is not None:
-                new.grad = gather(grad, idx, current.shape)
-            replaced[id(old)] = (old, new, idx)
+                new.grad = gather(grad, idx, shape)
+            # The indices are kept only for the optimizer's remapping.
+            replaced[id(old)] = (old, new, idx if keep_indices else None)
             snapshot.new_ids.add(id(new))
             snapshot.dtypes[id(new)] = data.dtype
         module._parameters[attr] = replaced[id(old)][1]
-    # The old objects get their values back: anyone still holding one sees the dense tensor.
-    for old, _, _ in replaced.values():
-        old.data, old.grad = originals[id(old)]
-    if optimizer is not None:
-        remap_optimizer(optimizer, replaced)
-    return replaced
+    old.data, old.grad = data, grad

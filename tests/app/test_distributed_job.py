@@ -1,8 +1,8 @@
-"""`epi-fast train --distributed ddp` on two gloo processes on the CPU, started by torchrun (or,
-where a test must reach one rank alone, by hand with torchrun's environment): the run ends,
-rank 0 alone writes and prints, every rank prunes after the same epoch with the same kept
-counts, a run killed before or after the prune resumes to the uninterrupted result, and bad
-input stops every rank with one line."""
+"""`epi-fast train --distributed ddp|fsdp` on two gloo processes on the CPU, started by torchrun
+(or, where a test must reach one rank alone, by hand with torchrun's environment): the run
+ends, rank 0 alone writes and prints, every rank prunes after the same epoch with the same kept
+counts (under FSDP within an epoch of the one-process run), a run killed before or after the
+prune resumes to the uninterrupted result, and bad input stops every rank with one line."""
 
 from __future__ import annotations
 
@@ -25,10 +25,21 @@ from checkpoint_wait import wait_for_checkpoint
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="gloo is not available")
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _job_args(batch_size, epochs):
+    return ["--epochs", str(epochs), "--batch-size", str(batch_size), "--window", "2", "--patience", "1",
+            "--deadline-epoch", "3", "--track-ratios", "0.3", "--no-progress"]
+
+
 # Epochs of about a second on two shared cores; the deadline makes the prune certain (after
 # epoch 3 at the latest) and early.
-ARGS = ["--epochs", "6", "--batch-size", "32", "--window", "2", "--patience", "1", "--deadline-epoch", "3",
-        "--track-ratios", "0.3", "--no-progress"]
+ARGS = _job_args(32, 6)
+# FSDP gathers and scatters every block's parameters at every step over gloo: batches of 64
+# (half the steps) and one epoch less keep its runs short; epoch 5 still follows the epoch after
+# the prune.
+FSDP_ARGS = _job_args(64, 5)
+ARGS_OF = {"ddp": ARGS, "fsdp": FSDP_ARGS}
 RUN_FILES = {"summary.json", "metrics.jsonl", "checkpoint.pt", "epi_curve.png", "model.pt"}
 TIMING = {"seconds"}
 SUMMARY_DIFFERS = {"process", "train_seconds", "arguments", "resumed_after_epochs", "working_directory"}
@@ -221,6 +232,39 @@ def test_bad_distributed_arguments(tmp_path, capsys, monkeypatch, args, words):
     assert not (tmp_path / "x").exists()
 
 
+def test_cuda_ranks_join_with_nccl_on_the_gpu_of_their_local_rank(monkeypatch):
+    """`--device cuda` takes NCCL, each rank on the GPU of its LOCAL_RANK, and the job's own
+    collectives move CUDA tensors. Checked without a GPU: CUDA's queries and
+    init_process_group are stand-ins that record what the job asked for (scripts/gpu_check.sh
+    runs the real thing on a GPU machine)."""
+    import datetime
+    import warnings
+
+    import torch
+
+    from epi_fast.app.cli import UsageError
+    from epi_fast.app.dist_job import start_job
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
+    for key, value in (("RANK", "3"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                       ("MASTER_PORT", "1")):
+        monkeypatch.setenv(key, value)
+    with warnings.catch_warnings():  # a rank other than 0 silences its warnings
+        job = start_job("fsdp", "cuda", 60.0, UsageError)
+        gpu = torch.device("cuda", 1)
+        assert (job.backend, job.device, job.rank, job.local_rank) == ("nccl", gpu, 3, 1)
+        assert calls == [("set_device", gpu), ("nccl", {"timeout": datetime.timedelta(seconds=60), "device_id": gpu})]
+        assert job._comm_device() == gpu
+        monkeypatch.setenv("LOCAL_RANK", "2")  # a third rank on a machine with two GPUs
+        with pytest.raises(UsageError, match="LOCAL_RANK 2 has no GPU of its own"):
+            start_job("fsdp", "cuda", 60.0, UsageError)
+    assert len(calls) == 2
+
+
 def test_bad_timeout_is_a_usage_error(tmp_path, capsys):
     assert main(["train", "--distributed", "ddp", "--dist-timeout", "0", "--out", str(tmp_path / "x")]) == 2
     assert "--dist-timeout" in capsys.readouterr().err
@@ -290,12 +334,12 @@ def test_a_rank_that_dies_stops_the_others(tmp_path):
 
 # -- resume ------------------------------------------------------------------------------------
 
-def _stopped_torchrun(out, epoch):
+def _stopped_torchrun(out, epoch, kind="ddp"):
     """torchrun's run, killed (SIGKILL, torchrun and both ranks) once checkpoint.pt records
     `epoch`; returns the epochs it holds then."""
     import torch
 
-    proc = subprocess.Popen(_torchrun("-m", "epi_fast", "train", "--distributed", "ddp", "--out", str(out), *ARGS),
+    proc = subprocess.Popen(_torchrun("-m", "epi_fast", "train", "--distributed", kind, "--out", str(out), *ARGS_OF[kind]),
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -315,16 +359,13 @@ def _stopped_torchrun(out, epoch):
     return torch.load(out / CHECKPOINT, weights_only=True)["epochs_completed"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("when", ["before", "after"])
-def test_killed_ddp_run_resumes_to_the_uninterrupted_result(ddp_run, tmp_path, when):
-    baseline = ddp_run[0] / "r0" / "run"
-    prune_epoch = _summary(baseline)["prune_epoch"]
-    out = tmp_path / "run"
-    got = _stopped_torchrun(out, 1 if when == "before" else prune_epoch + 1)
-    assert (got < prune_epoch) if when == "before" else (prune_epoch < got < 6), got
-    assert _summary(out)["status"] == "running"
-    rc, _, err = _run(_torchrun("-m", "epi_fast", "train", "--resume", str(out), "--no-progress"), cwd=tmp_path)
+def _resumes_to(baseline, out, got, kind):
+    """Resume the killed run `out` (stopped after `got` epochs) under torchrun; it ends as the
+    uninterrupted run `baseline` did: the same summary, metrics and files."""
+    if kind == "fsdp":
+        # The sharded checkpoint that checkpoint.pt names was complete before it was named.
+        assert (out / f"checkpoint-{got}.dcp" / ".metadata").is_file()
+    rc, _, err = _run(_torchrun("-m", "epi_fast", "train", "--resume", str(out), "--no-progress"), cwd=out.parent)
     assert rc == 0, err
     a, b = _summary(out), _summary(baseline)
     assert a["status"] == "completed" and a["resumed_after_epochs"] == [got]
@@ -333,7 +374,28 @@ def test_killed_ddp_run_resumes_to_the_uninterrupted_result(ddp_run, tmp_path, w
             assert a.get(key) == b.get(key), key
     assert [{k: v for k, v in r.items() if k not in TIMING} for r in _records(out)] == \
         [{k: v for k, v in r.items() if k not in TIMING} for r in _records(baseline)]
-    assert set(os.listdir(out)) == RUN_FILES
+    assert set(os.listdir(out)) - RUN_FILES == ({f"checkpoint-{a['epochs_completed']}.dcp"} if kind == "fsdp" else set())
+    assert RUN_FILES <= set(os.listdir(out))
+
+
+def _stop_before_or_after(baseline, out, when, kind):
+    """The run killed after its first epoch (before the prune) or after the epoch that followed
+    the prune; returns the epochs its checkpoint holds."""
+    s = _summary(baseline)
+    prune_epoch = s["prune_epoch"]
+    got = _stopped_torchrun(out, 1 if when == "before" else prune_epoch + 1, kind)
+    assert (got < prune_epoch) if when == "before" else (prune_epoch < got < s["epochs_completed"]), got
+    assert _summary(out)["status"] == "running"
+    return got
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_killed_ddp_run_resumes_to_the_uninterrupted_result(ddp_run, tmp_path, when):
+    baseline = ddp_run[0] / "r0" / "run"
+    out = tmp_path / "run"
+    got = _stop_before_or_after(baseline, out, when, "ddp")
+    _resumes_to(baseline, out, got, "ddp")
 
 
 @pytest.mark.slow
@@ -432,16 +494,18 @@ def test_sharded_checkpoint_rebuilds_the_pruned_shapes(tmp_path):
 
 
 @pytest.mark.slow
-def test_lm_on_two_processes_trains_on_the_one_process_data(tmp_path):
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_lm_on_two_processes_trains_on_the_one_process_data(tmp_path, kind):
     """--task lm draws every global batch from the one generator on every rank and trains each
     rank on its rows: the 2-process run sees the 1-process run's data, so it decides alike and
-    ends within float rounding of it."""
+    ends within float rounding of it (DDP averaging the gradients, or FSDP reduce-scattering
+    them and pruning the sharded decoder)."""
     lm = ["--task", "lm", "--model", "llama_micro", "--seq-len", "32", "--steps-per-epoch", "30", "--batch-size", "8",
           "--epochs", "5", "--window", "2", "--patience", "1", "--deadline-epoch", "3", "--track-ratios", "0.3",
           "--threads", "1", "--no-progress"]
     rc, _, err = _run([sys.executable, "-m", "epi_fast", "train", "--out", str(tmp_path / "one"), *lm], cwd=tmp_path)
     assert rc == 0, err
-    rc, _, err = _run(_torchrun("-m", "epi_fast", "train", "--distributed", "ddp", "--out", str(tmp_path / "two"), *lm),
+    rc, _, err = _run(_torchrun("-m", "epi_fast", "train", "--distributed", kind, "--out", str(tmp_path / "two"), *lm),
                       cwd=tmp_path)
     assert rc == 0, err
     one, two = _summary(tmp_path / "one"), _summary(tmp_path / "two")
@@ -454,3 +518,55 @@ def test_lm_on_two_processes_trains_on_the_one_process_data(tmp_path):
                                                                                     rel=1e-9)
     assert two["val_perplexity_final"] == pytest.approx(one["val_perplexity_final"], rel=1e-4)
     assert all(r["kept_counts_as_rank0"] for r in two["distributed"]["ranks"])
+
+
+# -- --distributed fsdp: the main job --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fsdp_runs(tmp_path_factory):
+    """The uninterrupted 2-process FSDP run (two/) and the 1-process run of the same arguments
+    (one/): the same global batch and seed."""
+    root = tmp_path_factory.mktemp("fsdp")
+    rc, out, err = _run(_torchrun("-m", "epi_fast", "train", "--distributed", "fsdp", "--out", str(root / "two"),
+                                  *FSDP_ARGS), cwd=root)
+    assert rc == 0, err
+    # In this process: the job is the same, without a second start of Python and torch.
+    assert main(["train", "--out", str(root / "one"), *FSDP_ARGS]) == 0
+    return root, out, err
+
+
+def test_fsdp_run_prunes_within_an_epoch_of_one_process_alike_on_every_rank(fsdp_runs):
+    root, out, err = fsdp_runs
+    run = root / "two"
+    s, one = _summary(run), _summary(root / "one")
+    assert s["status"] == "completed" and s["epochs_completed"] == 5
+    d = s["distributed"]
+    assert (d["kind"], d["world_size"], d["backend"], d["per_rank_batch"]) == ("fsdp", 2, "gloo", 32)
+    assert s["prune_epoch"] is not None and abs(s["prune_epoch"] - one["prune_epoch"]) <= 1
+    ranks = d["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert {r["prune_epoch"] for r in ranks} == {s["prune_epoch"]}
+    assert {r["prune_reason"] for r in ranks} == {s["prune_reason"]}
+    assert {r["params"] for r in ranks} == {s["params_after"]} and s["params_after"] < s["params_before"]
+    assert all(r["kept_counts_as_rank0"] and r["epi_as_rank0"] for r in ranks)
+    records = _records(run)
+    assert [r["epoch"] for r in records] == list(range(1, 6))
+    assert [r["epoch"] for r in records if r["pruned_now"]] == [s["prune_epoch"]]
+    assert records[-1]["test_top1"] > 0.8  # the resharded model trained on
+    # Rank 0 alone printed; the run directory holds the last epoch's sharded checkpoint alone.
+    for epoch in range(1, 6):
+        assert sum(line.startswith(f"epoch   {epoch}/5") for line in out.splitlines()) == 1, out
+    assert _rank_lines(err) == []
+    assert set(os.listdir(run)) == RUN_FILES | {"checkpoint-5.dcp"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_killed_fsdp_run_resumes_to_the_uninterrupted_result(fsdp_runs, tmp_path, when):
+    """Killed (torchrun and both ranks, SIGKILL) after the first epoch or after the epoch that
+    followed the prune, resumed from the sharded checkpoint: the same decisions, metrics and
+    final model as the run that was not stopped."""
+    baseline = fsdp_runs[0] / "two"
+    out = tmp_path / "run"
+    got = _stop_before_or_after(baseline, out, when, "fsdp")
+    _resumes_to(baseline, out, got, "fsdp")

@@ -16,7 +16,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
-STEPS = ["env", "deps", "build", "info", "tests", "memcheck", "racecheck", "synccheck", "bench", "ncu"]
+STEPS = ["env", "deps", "build", "info", "tests", "dist", "memcheck", "racecheck", "synccheck", "bench", "ncu"]
 
 
 def run(*args, env=None, timeout=300):

@@ -440,3 +440,42 @@ def test_failure_after_the_cut_is_undone_too(small, monkeypatch):
     assert all(opt.state[p]["momentum_buffer"].shape == p.shape for p in params)
     monkeypatch.setattr(surgery, "count_ops", real)
     prune(model, 0.5, x, optimizer=opt, layout=layout)  # the layout is usable again
+
+
+def test_index_tensors_live_only_for_the_groups_in_progress(monkeypatch):
+    """The surgery traces each cut parameter as a tensor of its flat indices from the first
+    group that cuts it to the last, then rebuilds it (and the index tensor goes): on a chain of
+    eight Linear layers at most the weights of three neighbours are traced at once (a layer's
+    input columns belong to its predecessor's group), not all eight; and the result is still
+    the masked network."""
+    width, depth = 64, 8
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    model = randomize(nn.Sequential(*layers, nn.Linear(width, 10)))
+    x = torch.randn(4, width)
+    live = {"now": 0, "peak": 0}
+    flat_indices, rebuild = surgery._flat_indices, surgery._rebuild
+
+    def traced(p):
+        live["now"] += p.numel()
+        live["peak"] = max(live["peak"], live["now"])
+        return flat_indices(p)
+
+    def rebuilt(entries, *args):
+        live["now"] -= entries[0][2].numel()
+        return rebuild(entries, *args)
+
+    layout = group_layout(model, x)
+    _, keep = masks_for(layout, 0.5)
+    dense = make_inert(copy.deepcopy(model), pruned_channels(layout, keep))
+    cut = sum(p.numel() for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters())
+    monkeypatch.setattr(surgery, "_flat_indices", traced)
+    monkeypatch.setattr(surgery, "_rebuild", rebuilt)
+    prune_with_masks(model, layout, keep)
+    assert live["now"] == 0  # every traced parameter was rebuilt
+    one = width * width + width
+    assert 0 < live["peak"] <= 3 * one < cut / 2, (live["peak"], cut)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), dense(x), atol=1e-5, rtol=1e-5)
