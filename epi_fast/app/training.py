@@ -106,7 +106,8 @@ def task_defaults(task: str, optimizer: Optional[str] = None) -> Dict[str, Any]:
 def fill_defaults(args) -> None:
     """Set every option of `RESOLVED` left at None on the argparse namespace to its default for
     the task and optimizer asked for; a window the task leaves at None is
-    `epi_fast.detection.schedule.scaled_window(epochs)`."""
+    `epi_fast.detection.schedule.scaled_window(epochs)`, and detection's deadline left at None
+    is `epi_fast.detection.schedule.default_deadline(epochs)`."""
     d = task_defaults(args.task, args.optimizer)
     for key in RESOLVED:
         if getattr(args, key, None) is None:
@@ -115,6 +116,11 @@ def fill_defaults(args) -> None:
         from ..detection.schedule import scaled_window
 
         args.window = scaled_window(args.epochs)
+    if args.task == "detection" and getattr(args, "deadline_epoch", None) is None:
+        # Detection prunes by 60% of the schedule at the latest (epi_fast.detection.schedule).
+        from ..detection.schedule import default_deadline
+
+        args.deadline_epoch = default_deadline(args.epochs)
 
 
 def seed_everything(seed: int) -> None:

@@ -129,7 +129,7 @@ def test_model_pt_loads_back_as_the_pruned_detector(digits_run):
     assert len(out) == 2 and set(out[0]) == {"boxes", "scores", "labels"}
 
 
-def test_default_window_follows_the_schedule():
+def test_default_window_and_deadline_follow_the_schedule():
     def filled(*argv):
         ns = build_parser().parse_args(["train", "--out", "x", *argv])
         fill_defaults(ns)
@@ -141,6 +141,12 @@ def test_default_window_follows_the_schedule():
     assert filled("--task", "detection", "--epochs", "160").window == 10  # 160 * 50 / 800
     assert filled("--task", "detection", "--window", "3").window == 3
     assert filled("--epochs", "160").window == 5 and filled().ratio == 0.5  # classification keeps its own
+    # The deadline: 60% of the schedule, so the pruned detector trains 40% of it; explicit wins.
+    assert ns.deadline_epoch == 3
+    assert filled("--task", "detection", "--epochs", "20").deadline_epoch == 12
+    assert filled("--task", "detection", "--epochs", "1").deadline_epoch == 1
+    assert filled("--task", "detection", "--deadline-epoch", "5").deadline_epoch == 5
+    assert filled().deadline_epoch is None  # classification has no default deadline
 
 
 # -- stopped and resumed ---------------------------------------------------------------------------
