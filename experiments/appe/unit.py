@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any, Dict, List, Optional
 
@@ -10,6 +9,7 @@ import torch
 
 from epi_fast.app import training as recipe
 from epi_fast.policy.decision import prune_epoch_for
+from experiments.protocol.dense import snapshot  # the protocol's whole training state, restored by branches
 
 
 class Setup:
@@ -69,12 +69,6 @@ class Setup:
 
         res = evaluate_map(model, self.eval_loader(getattr(self, split)))
         return {"map50": res["map_50"], "map": res["map"]}
-
-
-def snapshot(model, opt, sched, gen: torch.Generator) -> Dict[str, Any]:
-    return {"model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
-            "sched": copy.deepcopy(sched.state_dict()), "gen": gen.get_state().clone(),
-            "torch_rng": torch.get_rng_state().clone()}
 
 
 def dense_run(s: Setup) -> Dict[str, Any]:
