@@ -124,8 +124,15 @@ def setting_results(setting: str, jobs: List[Job], out: str, timing_pass_wanted:
 
 def write_results(cfg: Dict[str, Any], mode: str, jobs: List[Job], out: str, timing: bool, command: str) -> str:
     """summary.json and tables.md of the run (and the figures, and the timing pass if asked)."""
-    summary: Dict[str, Any] = {"mode": mode, "config": dict(cfg), "train": TRAIN, "settings": {}}
-    md = [f"# Protocol results ({mode} mode)\n", f"Command: `python -m experiments.protocol {command}`\n"]
+    # An --aggregate-only pass keeps the command that ran the units (from the previous summary),
+    # so that re-aggregating, e.g. to add the timing pass, does not hide how the units ran.
+    previous = read_json(os.path.join(out, "summary.json")) or {}
+    run_command = previous.get("run_command") if "--aggregate-only" in command.split() else None
+    summary: Dict[str, Any] = {"mode": mode, "config": dict(cfg), "train": TRAIN, "settings": {},
+                               "run_command": run_command or command}
+    md = [f"# Protocol results ({mode} mode)\n", f"Command: `python -m experiments.protocol {run_command or command}`\n"]
+    if run_command:
+        md.append(f"Aggregated by: `python -m experiments.protocol {command}`\n")
     for setting in cfg["settings"]:
         res = setting_results(setting, jobs, out, timing)
         if res is None:

@@ -33,3 +33,16 @@ def test_protocol_smoke(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0 and "2 units, 0 to run" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    # Re-aggregating (here with the timing pass) keeps the command that ran the units.
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.protocol", "--smoke", "--out", str(out), "--aggregate-only", "--timing"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run_command"].startswith("--smoke --workers 1 --no-yield"), summary["run_command"]
+    tables = (out / "tables.md").read_text()
+    assert "Aggregated by: `python -m experiments.protocol --smoke" in tables
+    assert "wall-clock from the timing pass" in tables
+    timing = json.loads(next(out.glob("timing_*.json")).read_text())
+    assert all(r["dense_epoch_seconds"] > 0 for r in timing["criteria"].values())
