@@ -180,3 +180,61 @@ def test_an_uneven_chunk_is_refused_by_name():
                                          r"of 4: the last piece has 2"):
         prune(model, 0.5, torch.randn(1, 3, 8, 8))
     assert_unchanged(model, snap)
+
+
+# --- the channel shuffle (ShuffleNetV2) ----------------------------------------------------
+
+
+class MiniShuffleNet(nn.Module):
+    """torchvision's ShuffleNetV2 blocks (chunk, concat, channel shuffle), one stride-2 block
+    and two stride-1 blocks: small enough for every ratio."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.shufflenetv2 import InvertedResidual
+
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.blocks = nn.Sequential(InvertedResidual(16, 32, 2), InvertedResidual(32, 32, 1), InvertedResidual(32, 32, 1))
+        self.conv = nn.Sequential(nn.Conv2d(32, 24, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv(self.blocks(self.stem(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+@pytest.mark.parametrize("criterion", [None, "l2"], ids=["random", "l2"])
+def test_channel_shuffle_pruned_equals_masked(criterion, ratio):
+    torch.manual_seed(0)
+    check_equivalence(MiniShuffleNet(), torch.randn(2, 3, 16, 16), ratio, criterion=criterion)
+
+
+def test_channel_shuffle_ties_the_groups_of_each_channel():
+    from epi_fast.layout.mappings import ChannelShuffle
+
+    model = MiniShuffleNet()
+    layout = group_layout(model, torch.randn(1, 3, 16, 16))
+    assert sum(isinstance(n.module, ChannelShuffle) for n in layout.dg.module2node.values()) == 3
+    # The width the blocks pass on (branch1, and every branch2's last conv) is one group: a
+    # chunk halves it, the shuffle interleaves the halves, so its 32 channels go in tied sets.
+    main = next(g for g in layout.groups if any(m.name == "blocks.0.branch1.2" and m.kind == "out" for m in g.members))
+    assert main.size < 16
+    widths = {m.name: m.channels.numel() for m in main.members if m.kind == "out"}
+    assert {"blocks.0.branch1.2", "blocks.0.branch2.5", "blocks.1.branch2.5", "blocks.2.branch2.5"} <= set(widths)
+    # The branches' inner channels (1x1 conv -> depthwise -> 1x1 conv) are groups of their own.
+    inner = [g for g in layout.groups if any(m.name.endswith("branch2.0") and m.kind == "out" for m in g.members)]
+    assert [g.size for g in inner] == [16, 16, 16]
+
+
+@pytest.mark.parametrize("name, ratio, criterion", [
+    ("shufflenet_v2_x0_5", 0.3, None),
+    pytest.param("shufflenet_v2_x0_5", 0.7, "l2", marks=pytest.mark.slow),
+    pytest.param("shufflenet_v2_x1_0", 0.3, "l2", marks=pytest.mark.slow),
+    pytest.param("shufflenet_v2_x1_0", 0.7, None, marks=pytest.mark.slow),
+])
+def test_torchvision_shufflenet_pruned_equals_masked(name, ratio, criterion):
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    check_equivalence(model, torch.randn(2, 3, 32, 32), ratio, criterion=criterion)
