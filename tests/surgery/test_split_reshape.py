@@ -238,3 +238,18 @@ def test_torchvision_shufflenet_pruned_equals_masked(name, ratio, criterion):
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None, num_classes=10)
     check_equivalence(model, torch.randn(2, 3, 32, 32), ratio, criterion=criterion)
+
+
+def test_a_constant_split_size_in_the_forward_is_reported_and_undone():
+    class ConstantSplit(SplitThroughOneModule):
+        def forward(self, x):
+            a, b = torch.split(self.stem(x), 8, dim=1)  # a constant: the pruned stem is narrower
+            return self.head((self.shared(a) + self.shared(b)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = ConstantSplit(c=8)
+    snap = snapshot(model)
+    with pytest.raises(RuntimeError, match=r"^the pruned ConstantSplit does not run on example_inputs \(ValueError: not enough values "
+                                           r".*constant split size.*the prune was undone$"):
+        prune(model, 0.5, torch.randn(1, 3, 8, 8))
+    assert_unchanged(model, snap)
