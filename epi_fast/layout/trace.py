@@ -19,7 +19,8 @@ from typing import Any, Callable, ContextManager, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
+
+from .mappings import Graph, UnsupportedPattern
 
 __all__ = ["PRUNABLE", "BATCHNORM", "Trace", "trace_model", "unwrap_model", "resolve_ignored", "call_model", "run_once",
            "check_token_inputs"]
@@ -143,7 +144,7 @@ def trace_model(model: nn.Module, example_inputs: Any, observe: Optional[Context
     modes = [(m, m.training) for m in model.modules()]
     try:
         with torch.enable_grad():
-            dg = tp.DependencyGraph().build_dependency(
+            dg = Graph().build_dependency(
                 model, example_inputs=example_inputs, forward_fn=forward, output_transform=keep_outputs,
                 verbose=False,
             )
@@ -154,6 +155,8 @@ def trace_model(model: nn.Module, example_inputs: Any, observe: Optional[Context
             f"{type(model).__name__} cannot run on example_inputs ({_describe(example_inputs)}): "
             f"{type(cause).__name__}: {first}"
         ) from cause
+    except UnsupportedPattern:
+        raise
     except Exception as err:
         raise ValueError(
             f"cannot trace {type(model).__name__} with Torch-Pruning's dependency graph: "

@@ -160,7 +160,15 @@ def prune_to(model, ratio, example_inputs, criterion, scores, optimizer, min_kee
         kept = [widths[name] for name in layers]
         _check_structure(layers, kept, expected)
         # Counting runs the pruned model: a model that no longer runs is undone, not returned.
-        after = count_ops(model, example_inputs)
+        try:
+            after = count_ops(model, example_inputs)
+        except Exception as err:
+            first = " ".join(str(err).split())[:300] or type(err).__name__
+            raise RuntimeError(
+                f"the pruned {type(model).__name__} does not run on example_inputs ({type(err).__name__}: {first}); "
+                "a size in its forward that does not follow the pruned widths (a constant split size or view "
+                "shape; take it from the modules, e.g. conv.in_channels) would do this; the prune was undone"
+            ) from err
     except BaseException:
         if snapshot is not None:
             snapshot.restore()

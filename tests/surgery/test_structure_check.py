@@ -14,34 +14,33 @@ from epi_fast.surgery import prune
 from test_surgery import assert_unchanged, snapshot
 
 
-class SplitThroughOneModule(nn.Module):
-    """torch.split feeds both halves of the stem's output through one shared conv: channel j of
-    one half and channel j of the other are tied, which the layout does not know."""
-
+class Stem(nn.Module):
     def __init__(self, c=16):
         super().__init__()
-        self.c = c
         self.stem = nn.Sequential(nn.Conv2d(3, 2 * c, 3, 1, 1), nn.BatchNorm2d(2 * c), nn.ReLU())
-        self.shared = nn.Conv2d(c, 8, 1)
+        self.conv = nn.Conv2d(2 * c, 8, 1)
         self.head = nn.Linear(8, 10)
 
     def forward(self, x):
-        a, b = torch.split(self.stem(x), self.c, dim=1)
-        return self.head((self.shared(a) + self.shared(b)).mean((2, 3)))
+        return self.head(self.conv(self.stem(x)).mean((2, 3)))
 
 
 def test_a_prune_whose_widths_differ_from_the_layout_is_undone():
     torch.manual_seed(0)
-    model, x = SplitThroughOneModule(), torch.randn(4, 3, 8, 8)
+    model, x = Stem(), torch.randn(4, 3, 8, 8)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     F.cross_entropy(model(x), torch.arange(4)).backward()
     opt.step()
     momentum = {id(p): opt.state[p]["momentum_buffer"].clone() for p in model.parameters()}
     params = list(model.parameters())
     snap = snapshot(model)
+    # A layout that does not describe how the channels are coupled (here: one that counts two
+    # output channels of stem.0 per neuron).
+    layout = group_layout(model, x[:1])
+    layout.layer_scale[layout.layers.index("stem.0")] = 2
     with pytest.raises(RuntimeError, match=r"not the one the criterion chose: layer stem\.0 kept \d+ output channels "
                                            r"where the layout's structure says \d+.*undone"):
-        prune(model, 0.5, x[:1], optimizer=opt)
+        prune(model, 0.5, x[:1], optimizer=opt, layout=layout)
     assert_unchanged(model, snap)
     assert opt.param_groups[0]["params"] == params
     for p in model.parameters():

@@ -22,7 +22,7 @@ import torchvision
 import epi_fast.surgery.removal as surgery
 from epi_fast.layout import group_layout
 from epi_fast.models import MODEL_NAMES, build_model
-from epi_fast.criteria import magnitude_scores
+from epi_fast.criteria import get_criterion, magnitude_scores
 from epi_fast.surgery import prune, prune_with_masks
 
 from epi_fast import ops
@@ -88,10 +88,15 @@ def masks_for(layout, ratio, seed=0, min_keep=1):
     return scores, masks[0]
 
 
-def check_equivalence(model: nn.Module, x: torch.Tensor, ratio: float, seed: int = 0):
+def check_equivalence(model: nn.Module, x: torch.Tensor, ratio: float, seed: int = 0, criterion=None):
+    """criterion: a criterion name whose scores choose the channels (random scores if None)."""
     randomize(model, seed)
     layout = group_layout(model, x)
     scores, keep = masks_for(layout, ratio, seed)
+    if criterion is not None:
+        crit = get_criterion(criterion)
+        scores = crit.group_scores(layout, crit.reduction(None))
+        keep = ops.global_masks(scores, ratio, segment_sizes=layout.group_sizes)[0][0]
     dense = make_inert(copy.deepcopy(model), pruned_channels(layout, keep))
     params_before = sum(p.numel() for p in model.parameters())
     # The paper's rule (no per-layer limit): the masks above are global_masks' own.
