@@ -12,6 +12,8 @@ Adapters (see `epi_fast.layout.transformer`) for:
   parameters and state-dict keys whose forward uses the pruned inner width.
 - **torchvision's MLP** (`torchvision.ops.MLP`, Swin's feed-forward block: Linear, activation,
   dropout, Linear, dropout): its hidden channels, like the ViT `MLPBlock` that derives from it.
+- **timm** Swin's `WindowAttention`: as torchvision's V1; its forward already reads the head
+  count from ``num_heads``.
 - **timm** `Attention` (ViT, DeiT): the fused ``qkv`` linear and ``proj``; the module's own
   ``num_heads`` and ``attn_dim`` are updated (its forward reshapes with them). ``q_norm`` /
   ``k_norm`` normalise each head over ``head_dim`` with weights shared by every head: they
@@ -280,6 +282,43 @@ def _timm_adapter(m: nn.Module) -> Optional[Block]:
     return Block(h, slices, 1, update, lambda: m.num_heads)
 
 
+# -- timm Swin (WindowAttention) ----------------------------------------------------------------
+
+
+def _is_timm_window_attention(m: nn.Module) -> bool:
+    return (type(m).__module__ == "timm.models.swin_transformer" and type(m).__name__ == "WindowAttention"
+            and isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "proj", None), nn.Linear)
+            and isinstance(getattr(m, "relative_position_bias_table", None), torch.Tensor))
+
+
+def _timm_window_adapter(m: nn.Module) -> Optional[Block]:
+    """timm's Swin `WindowAttention`: like torchvision's V1 (rows of the fused ``qkv``, columns
+    of ``proj``, one column of the relative position bias table per head). Its forward reshapes
+    with ``num_heads`` and -1 and its scale is fixed at construction, so updating ``num_heads``
+    is all a pruned module needs."""
+    h = int(m.num_heads)
+    rows = m.qkv.weight.shape[0]
+    if rows % (3 * h) or m.proj.weight.shape[1] * 3 != rows:
+        raise ValueError(f"timm WindowAttention: qkv has {rows} rows and proj {m.proj.weight.shape[1]} columns, "
+                         f"not 3 x {h} heads and {h} heads")
+    if m.relative_position_bias_table.shape[1] != h:
+        raise ValueError(f"timm WindowAttention: relative_position_bias_table has {m.relative_position_bias_table.shape[1]} "
+                         f"columns, not one per head ({h})")
+    d = rows // (3 * h)
+    slices: List[Slice] = []
+    for part in range(3):
+        slices.append(Slice(m.qkv, "weight", 0, part * h * d, d, "in"))
+        if m.qkv.bias is not None:
+            slices.append(Slice(m.qkv, "bias", 0, part * h * d, d, "in"))
+    slices.append(Slice(m.proj, "weight", 1, 0, d, "out"))
+    slices.append(Slice(m, "relative_position_bias_table", 1, 0, 1, "in"))
+
+    def update(kept: int) -> None:
+        m.num_heads = kept
+
+    return Block(h, slices, 1, update, lambda: m.num_heads)
+
+
 # -- timm MLPs ----------------------------------------------------------------------------------
 
 _TIMM_MLPS = ("Mlp", "GluMlp", "SwiGLU", "GatedMlp")
@@ -325,5 +364,6 @@ def _timm_mlp_adapter(m: nn.Module) -> Optional[Block]:
 
 register_attention(_is_swin_attention, _swin_adapter)
 register_attention(_is_timm_attention, _timm_adapter)
+register_attention(_is_timm_window_attention, _timm_window_adapter)
 register_mlp(_is_tv_mlp, _tv_mlp_adapter)
 register_mlp(_is_timm_mlp, _timm_mlp_adapter)

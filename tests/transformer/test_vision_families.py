@@ -1,4 +1,4 @@
-"""Vision transformers beyond torchvision's ViT: torchvision Swin (V1 and V2) and timm ViT / DeiT.
+"""Vision transformers beyond torchvision's ViT: torchvision Swin (V1 and V2), timm ViT / DeiT and timm Swin.
 
 For each family: pruning heads and MLP channels equals masking them (the oracle in
 transformer_zoo.py, which knows nothing of the surgery), save_pruned / load_pruned give back
@@ -19,7 +19,8 @@ from epi_fast.layout import group_layout
 from epi_fast.surgery import prune_with_masks
 from epi_fast.targets import Selector
 
-from transformer_zoo import mask_model, swin, swin_images, swin_v2, timm_deit_distilled, timm_images, timm_vit
+from transformer_zoo import (mask_model, swin, swin_images, swin_v2, timm_deit_distilled, timm_images, timm_swin,
+                             timm_vit)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -29,6 +30,7 @@ VISION = {
     "swin_v2": (swin_v2, swin_images, False),
     "timm_vit": (timm_vit, timm_images, True),
     "timm_deit_distilled": (timm_deit_distilled, timm_images, True),
+    "timm_swin": (timm_swin, timm_images, True),
 }
 
 

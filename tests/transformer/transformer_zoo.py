@@ -101,6 +101,14 @@ def timm_deit_distilled(embed=64, depth=2, heads=4):
                                       num_classes=3)
 
 
+def timm_swin(embed=16, heads=(2, 4)):
+    """timm's Swin (WindowAttention, shifted windows in every second block, patch merging)."""
+    from timm.models.swin_transformer import SwinTransformer
+
+    return SwinTransformer(img_size=32, patch_size=4, window_size=4, embed_dim=embed, depths=(2, 2), num_heads=heads,
+                           num_classes=3)
+
+
 def swin_images(batch=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, 14, 14, generator=g)
