@@ -461,17 +461,16 @@ class _Setup:
                 generator=gen, num_workers=args.workers, pin_memory=pin,
             )
         else:
-            from torch.utils.data import DistributedSampler, Subset
+            from torch.utils.data import Subset
 
-            from .dist_job import per_rank_batch, shard_indices
+            from .dist_job import GlobalBatchShare, per_rank_batch, shard_indices
 
-            # The global batch is --batch-size: each rank takes its share of every step.
+            # The global batch is --batch-size: each rank takes its share of every step, and the
+            # steps' batches are the 1-process run's (same seed, same order).
             batch = per_rank_batch(args.batch_size, job.world_size, UsageError)
-            self.train_sampler = DistributedSampler(data.train, num_replicas=job.world_size, rank=job.rank, shuffle=True,
-                                                    seed=args.seed, drop_last=True)
-            # The loader's generator still seeds its workers; the order is the sampler's.
+            self.train_sampler = GlobalBatchShare(len(data.train), args.batch_size, job.rank, job.world_size, gen)
             self.train_loader = DataLoader(
-                data.train, batch_size=batch, sampler=self.train_sampler, drop_last=len(self.train_sampler) > batch,
+                data.train, batch_size=self.train_sampler.share, sampler=self.train_sampler, drop_last=False,
                 generator=gen, num_workers=args.workers, pin_memory=pin,
             )
             test_set = Subset(data.test, shard_indices(len(data.test), job))

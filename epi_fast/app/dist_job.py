@@ -11,8 +11,8 @@ others fail instead of waiting for ever; a rank that exits closes its connection
 fail at their next collective at once.
 
 The global batch is `--batch-size`, as in the one-process run: each rank trains on
-batch / WORLD_SIZE samples per step (a usage error if it does not divide), drawn by a
-`DistributedSampler` seeded by `--seed` (`set_epoch` every epoch); DDP averages the gradients,
+batch / WORLD_SIZE samples per step (a usage error if it does not divide): its slice of the
+one-process run's batch (`GlobalBatchShare`, the same seeded order); DDP averages the gradients,
 FSDP reduce-scatters them. Training loss and accuracy are summed over the ranks; the test set
 (classify) or the validation windows (lm) are split among the ranks and their counts summed,
 after every rank has taken rank 0's buffers (BatchNorm statistics), so the figures are those of
@@ -326,3 +326,39 @@ def per_rank_batch(batch_size: int, world_size: int, usage_error) -> int:
                           f"processes (each takes batch / {world_size}); choose a multiple of {world_size}")
     return batch_size // world_size
 
+
+
+class GlobalBatchShare:
+    """Sampler of one rank's share of the 1-process batches. It draws the epoch's order as a
+    1-process `DataLoader(shuffle=True, generator=gen)` does (a `RandomSampler` on the loader's
+    own generator, after the loader's worker-seed draw), cuts it into global batches of
+    `global_batch` (the last, partial one dropped as that loader drops it), and yields this
+    rank's contiguous slice of each. The ranks' batches put together are then the 1-process
+    batches, in order, so a run on N processes sees the data a 1-process run sees (a
+    `DistributedSampler` would draw another permutation). `set_epoch` does nothing: the order
+    comes from the generator, whose state the checkpoints keep."""
+
+    def __init__(self, n: int, global_batch: int, rank: int, world_size: int, generator) -> None:
+        from torch.utils.data import RandomSampler
+
+        self.order = RandomSampler(range(n), generator=generator)
+        self.share = global_batch // world_size
+        self.global_batch, self.rank = global_batch, rank
+        # The 1-process loader drops a partial last batch unless it is the only one; then each
+        # rank takes an equal share of it.
+        self.batches = n // global_batch if n > global_batch else 1
+        if n <= global_batch:
+            self.share = n // world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return self.batches * self.share
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(self.order)  # lazily, at the first batch: after the loader's seed draw
+        width = self.global_batch if len(order) > self.global_batch else self.share * (len(order) // self.share)
+        for k in range(self.batches):
+            start = k * width + self.rank * self.share
+            yield from order[start:start + self.share]
